@@ -7,6 +7,9 @@
 
 namespace cadtrain {
 
+// GCC/Clang's 128-bit integer; __extension__ keeps -Wpedantic quiet about a non-ISO type.
+__extension__ typedef unsigned __int128 uint128_t;
+
 // SplitMix64: seeds other generators and hashes (seed, stream) pairs into independent streams.
 inline uint64_t splitmix64(uint64_t& state) {
   uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
@@ -40,7 +43,7 @@ class Rng {
 
   // Uniform integer in [0, n), n > 0 (Lemire's multiply-shift; bias below 2^-32 for n < 2^32).
   uint64_t below(uint64_t n) {
-    return static_cast<uint64_t>((static_cast<unsigned __int128>(next_u64()) * n) >> 64);
+    return static_cast<uint64_t>((static_cast<uint128_t>(next_u64()) * n) >> 64);
   }
 
   // Standard normal by Box-Muller (one value per call; deterministic, not the fastest).

@@ -23,6 +23,10 @@ class Tokenizer {
   virtual std::string name() const = 0;  // the dataset's `tokenizer` attribute
 };
 
+// Throws cadtrain::Error naming the first id >= vocab_size and its position (shared by every
+// decode()).
+void check_token_ids(std::span<const uint32_t> ids, uint32_t vocab_size);
+
 std::unique_ptr<Tokenizer> make_byte_tokenizer();
 
 // Loads a trained SentencePiece model; throws naming the file if it is missing or invalid.

@@ -9,7 +9,7 @@ packages=(
   libopenmpi-dev openmpi-bin
   libprotobuf-dev protobuf-compiler
   libhdf5-dev
-  libopenblas-dev
+  libopenblas-openmp-dev libopenblas0-openmp
   libgtest-dev libgmock-dev libbenchmark-dev
   libsentencepiece-dev sentencepiece
   libcli11-dev nlohmann-json3-dev libfmt-dev

@@ -1,0 +1,147 @@
+// Fused LM head + cross-entropy, in blocks of rows: per block, logits = h_blk W^T (sgemm), a
+// stable log-softmax per row, and for training dlogits in place of the logits, then
+// dh_blk = dlogits W and dw += dlogits^T h_blk (sgemm). Only one block's [rows, V] logits exist.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_math.h"
+#include "kernels/cpu/cpu_util.h"
+
+namespace cadtrain::kernels::cpu {
+
+namespace {
+
+thread_local std::vector<float> t_logits;      // [block rows, V]
+thread_local std::vector<double> t_row_terms;  // [block rows] mask * loss
+
+struct RowOut {
+  double weighted_loss = 0;  // mask * loss
+  float loss = 0;            // unweighted, 0 when the mask is 0
+  uint32_t argmax = 0;
+};
+
+// One row z[V] of logits. Computes the loss and argmax; with `grad`, replaces z by
+//   dlogits_j = g (softmax(z)_j - [j == target]),  g = grad_scale * mask.
+RowOut softmax_row(float* z, int64_t v, uint32_t target, float mask, float grad_scale, bool want_argmax, bool grad) {
+  RowOut out;
+  if (mask == 0.0f && !want_argmax) {
+    if (grad) std::fill(z, z + v, 0.0f);
+    return out;
+  }
+  float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < v; ++j) m = std::max(m, z[j]);
+  if (want_argmax) {
+    int64_t j = 0;  // the first maximum, as torch.argmax; 0 when the row holds a NaN and no maximum
+    while (j < v && z[j] != m) ++j;
+    out.argmax = j < v ? static_cast<uint32_t>(j) : 0;
+  }
+  if (mask == 0.0f) {
+    if (grad) std::fill(z, z + v, 0.0f);
+    return out;
+  }
+  const float z_target = z[target];
+  // sum_j e^(z_j - m) with float exps accumulated in double; keep the exps when training.
+  double sum = 0;
+  if (grad) {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < v; ++j) {
+      const float e = fast_exp(z[j] - m);
+      z[j] = e;
+      sum += e;
+    }
+  } else {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < v; ++j) sum += fast_exp(z[j] - m);
+  }
+  // loss = lse - z_target, lse = m + log(sum)
+  const double loss = static_cast<double>(m) + std::log(sum) - static_cast<double>(z_target);
+  out.loss = static_cast<float>(loss);
+  out.weighted_loss = static_cast<double>(mask) * loss;
+  if (grad) {
+    const float g = grad_scale * mask;
+    const auto coef = static_cast<float>(static_cast<double>(g) / sum);
+#pragma omp simd
+    for (int64_t j = 0; j < v; ++j) z[j] *= coef;
+    z[target] -= g;
+  }
+  return out;
+}
+
+}  // namespace
+
+LmHeadLossResult CpuBackend::lm_head_cross_entropy(const LmHeadLossArgs& a) {
+  const char* op = "lm_head_cross_entropy";
+  const int N = blas_dim(a.n, op, "n");
+  const int C = blas_dim(a.c, op, "c");
+  const int V = blas_dim(a.v, op, "v");
+  CADTRAIN_CHECK(C > 0 && V > 0, "{}: c = {} and v = {} must be > 0", op, C, V);
+  LmHeadLossResult result;
+  if (N == 0) return result;
+  check_ptr(a.h, true, op, "h");
+  check_ptr(a.w, true, op, "w");
+  check_ptr(a.targets, true, op, "targets");
+  const bool grad = a.dh != nullptr || a.dw != nullptr;
+  auto mask_of = [&](int64_t i) { return a.mask != nullptr ? a.mask[i] : 1.0f; };
+
+  // Targets are checked before anything is written, so a bad batch leaves dw as it was. Rows with
+  // mask 0 are not read, so their targets may hold any padding value.
+  for (int64_t i = 0; i < N; ++i) {
+    const float mi = mask_of(i);
+    if (mi != 0.0f && a.targets[i] >= static_cast<uint32_t>(V)) {
+      fail("{}: row {} has target id {}, outside the vocabulary of {} tokens", op, i, a.targets[i], V);
+    }
+    result.weight_sum += mi;
+  }
+
+  const auto cap_rows = static_cast<int64_t>(options_.lm_head_block_bytes / (sizeof(float) * static_cast<size_t>(V)));
+  const int block = static_cast<int>(std::clamp<int64_t>(std::min(options_.lm_head_block_rows, cap_rows), 1, N));
+  float* logits = scratch(t_logits, static_cast<size_t>(block) * V);
+  double* terms = scratch(t_row_terms, static_cast<size_t>(block));
+  const bool want_argmax = a.row_argmax != nullptr;
+
+  for (int r0 = 0; r0 < N; r0 += block) {
+    const int rows = std::min(block, N - r0);
+    const float* h_blk = a.h + static_cast<int64_t>(r0) * C;
+    bool any_weight = false;
+    for (int i = 0; i < rows; ++i) any_weight = any_weight || mask_of(r0 + i) != 0.0f;
+    if (any_weight || want_argmax) {
+      // logits[rows, V] = h_blk[rows, C] W[V, C]^T
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, C, 1.0f, h_blk, C, a.w, C, 0.0f, logits, V);
+#pragma omp parallel for schedule(static)
+      for (int i = 0; i < rows; ++i) {
+        const int64_t row = r0 + i;
+        const float mi = mask_of(row);
+        const RowOut out = softmax_row(logits + static_cast<int64_t>(i) * V, V, mi != 0.0f ? a.targets[row] : 0, mi,
+                                       a.grad_scale, want_argmax, grad && any_weight);
+        terms[i] = out.weighted_loss;
+        if (a.row_loss != nullptr) a.row_loss[row] = out.loss;
+        if (want_argmax) a.row_argmax[row] = out.argmax;
+      }
+      for (int i = 0; i < rows; ++i) result.loss_sum += terms[i];  // in row order: deterministic
+    } else if (a.row_loss != nullptr) {
+      std::fill(a.row_loss + r0, a.row_loss + r0 + rows, 0.0f);
+    }
+    if (!grad) continue;
+    if (!any_weight) {  // every dlogit is 0: dh_blk = 0 and dw is unchanged
+      if (a.dh != nullptr) zero(a.dh + static_cast<int64_t>(r0) * C, static_cast<size_t>(rows) * C);
+      continue;
+    }
+    // dh_blk[rows, C] = dlogits[rows, V] W[V, C]
+    if (a.dh != nullptr) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, C, V, 1.0f, logits, V, a.w, C, 0.0f,
+                  a.dh + static_cast<int64_t>(r0) * C, C);
+    }
+    // dw[V, C] += dlogits[rows, V]^T h_blk[rows, C]
+    if (a.dw != nullptr) {
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, rows, 1.0f, logits, V, h_blk, C, 1.0f, a.dw, C);
+    }
+  }
+  return result;
+}
+
+}  // namespace cadtrain::kernels::cpu

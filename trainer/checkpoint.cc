@@ -1,0 +1,455 @@
+// Checkpoints: HDF5 files written to "<name>.tmp", fsynced and renamed into place, then pruned; and
+// validating loads (format in trainer/checkpoint.h).
+#include "trainer/checkpoint.h"
+
+#include <fcntl.h>   // ::open for fsync
+#include <unistd.h>  // ::fsync, ::close
+
+#include <algorithm>     // std::sort, std::clamp
+#include <cerrno>        // errno of open/fsync
+#include <charconv>      // std::from_chars: the step in a file name
+#include <cstdint>       // steps, shapes
+#include <filesystem>    // directories, rename, remove
+#include <limits>        // overflow of element counts
+#include <optional>      // a file name that is not a checkpoint's
+#include <set>           // duplicate tensor names
+#include <string>        // paths and messages
+#include <string_view>   // file name parsing
+#include <system_error>  // std::error_code messages
+#include <utility>       // std::pair
+#include <vector>        // tensor lists, shapes
+
+#include "common/error.h"         // cadtrain::Error, fail(), with_context()
+#include "common/hdf5_handles.h"  // handles, library lock, HDF5 error messages
+
+namespace cadtrain::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+using Group = h5::Handle<H5Gclose>;
+
+constexpr uint32_t kFormatVersion = 1;
+
+constexpr const char* kParams = "params";
+constexpr const char* kAdamM = "adam_m";
+constexpr const char* kAdamV = "adam_v";
+constexpr const char* kConfig = "config";
+constexpr const char* kStep = "step";
+constexpr const char* kFormatVersionAttr = "format_version";
+constexpr const char* kDataEpoch = "data_epoch";
+constexpr const char* kDataDocCursor = "data_doc_cursor";
+constexpr const char* kDataTokenOffset = "data_token_offset";
+constexpr const char* kDataMicroBatches = "data_micro_batches";
+constexpr const char* kRngState = "rng_state";
+
+// 4 Mi floats (16 MiB) per chunk: large enough for full-speed I/O, far under HDF5's 4 GiB limit,
+// and each chunk carries its own Fletcher-32 checksum so that a flipped bit fails the load.
+constexpr uint64_t kChunkElements = uint64_t{1} << 22;
+
+constexpr std::string_view kPrefix = "step_";
+constexpr std::string_view kSuffix = ".h5";
+constexpr std::string_view kTempSuffix = ".h5.tmp";
+
+// ---- names and shapes ----
+
+std::string checkpoint_name(uint64_t step) { return fmt::format("step_{:08d}.h5", step); }
+
+// The step of "step_<digits>.h5"; nothing for any other name (temporary files included).
+std::optional<uint64_t> parse_step(std::string_view name) {
+  if (!name.starts_with(kPrefix) || !name.ends_with(kSuffix)) return std::nullopt;
+  const std::string_view digits =
+      name.substr(kPrefix.size(), name.size() - kPrefix.size() - kSuffix.size());
+  uint64_t step = 0;
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), step);
+  if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size()) {
+    return std::nullopt;
+  }
+  return step;
+}
+
+bool is_temp_file(std::string_view name) {
+  return name.starts_with(kPrefix) && name.ends_with(kTempSuffix);
+}
+
+template <typename T>
+std::string shape_text(const std::vector<T>& shape) {
+  return fmt::format("[{}]", fmt::join(shape, ", "));
+}
+
+// prod(shape), after checking every dimension is >= 0 and the product fits.
+uint64_t element_count(const std::string& what, const std::vector<int64_t>& shape) {
+  uint64_t count = 1;
+  for (const int64_t dim : shape) {
+    if (dim < 0) fail("tensor {} has a negative dimension in shape {}", what, shape_text(shape));
+    const auto d = static_cast<uint64_t>(dim);
+    if (d != 0 && count > std::numeric_limits<uint64_t>::max() / 4 / d) {
+      fail("tensor {} with shape {} is too large", what, shape_text(shape));
+    }
+    count *= d;
+  }
+  return count;
+}
+
+// Names become HDF5 link names, where "/" would silently create subgroups.
+void validate_tensors(const char* group, const std::vector<TensorRef>& tensors) {
+  std::set<std::string> seen;
+  for (const TensorRef& tensor : tensors) {
+    const std::string what = fmt::format("{}/{}", group, tensor.name);
+    if (tensor.name.empty() || tensor.name == "." || tensor.name.find('/') != std::string::npos) {
+      fail("tensor name \"{}\" in {} is empty or contains '/'", tensor.name, group);
+    }
+    if (!seen.insert(tensor.name).second) fail("tensor {} is listed twice", what);
+    if (element_count(what, tensor.shape) > 0 && tensor.data == nullptr) {
+      fail("tensor {} has no data buffer", what);
+    }
+  }
+}
+
+void validate_all(const CheckpointTensors& tensors) {
+  validate_tensors(kParams, tensors.params);
+  validate_tensors(kAdamM, tensors.adam_m);
+  validate_tensors(kAdamV, tensors.adam_v);
+}
+
+// ---- writing ----
+
+void write_u64_attribute(hid_t file, const char* name, const uint64_t* values, hsize_t n) {
+  const std::string what = fmt::format("cannot write attribute {}", name);
+  auto space = n == 1 ? h5::own<h5::Space>(H5Screate(H5S_SCALAR), what) : h5::space_1d(n);
+  auto attr = h5::own<h5::Attribute>(
+      H5Acreate2(file, name, H5T_STD_U64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), what);
+  h5::check(H5Awrite(attr.get(), H5T_NATIVE_UINT64, values), what);
+}
+
+void write_u32_attribute(hid_t file, const char* name, uint32_t value) {
+  const std::string what = fmt::format("cannot write attribute {}", name);
+  auto space = h5::own<h5::Space>(H5Screate(H5S_SCALAR), what);
+  auto attr = h5::own<h5::Attribute>(
+      H5Acreate2(file, name, H5T_STD_U32LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), what);
+  h5::check(H5Awrite(attr.get(), H5T_NATIVE_UINT32, &value), what);
+}
+
+// Variable-length UTF-8, which h5py reads back as str.
+h5::Type string_type(const std::string& what) {
+  auto type = h5::own<h5::Type>(H5Tcopy(H5T_C_S1), what);
+  h5::check(H5Tset_size(type.get(), H5T_VARIABLE), what);
+  h5::check(H5Tset_cset(type.get(), H5T_CSET_UTF8), what);
+  return type;
+}
+
+void write_config(hid_t file, const std::string& text) {
+  const std::string what = fmt::format("cannot write /{}", kConfig);
+  auto type = string_type(what);
+  auto space = h5::own<h5::Space>(H5Screate(H5S_SCALAR), what);
+  auto dataset = h5::own<h5::Dataset>(
+      H5Dcreate2(file, kConfig, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+      what);
+  const char* data = text.c_str();
+  h5::check(H5Dwrite(dataset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, &data), what);
+  dataset.close(what);
+}
+
+void write_state(hid_t file, const TrainingState& state) {
+  const data::PackerPosition& pos = state.data_position;
+  write_u32_attribute(file, kFormatVersionAttr, kFormatVersion);
+  write_u64_attribute(file, kStep, &state.step, 1);
+  write_u64_attribute(file, kDataEpoch, &pos.epoch, 1);
+  write_u64_attribute(file, kDataDocCursor, &pos.doc_cursor, 1);
+  write_u64_attribute(file, kDataTokenOffset, &pos.token_offset, 1);
+  write_u64_attribute(file, kDataMicroBatches, &pos.micro_batches, 1);
+  write_u64_attribute(file, kRngState, state.rng_state.data(), state.rng_state.size());
+  write_config(file, state.config_text);
+}
+
+std::vector<hsize_t> dims_of(const std::vector<int64_t>& shape) {
+  return std::vector<hsize_t>(shape.begin(), shape.end());
+}
+
+// A shape of [] is a scalar, as numpy and h5py have it.
+h5::Space tensor_space(const std::vector<hsize_t>& dims, const std::string& what) {
+  if (dims.empty()) return h5::own<h5::Space>(H5Screate(H5S_SCALAR), what);
+  const int rank = static_cast<int>(dims.size());
+  return h5::own<h5::Space>(H5Screate_simple(rank, dims.data(), nullptr), what);
+}
+
+// Scalars and empty tensors cannot be chunked and hold nothing to checksum: they stay contiguous.
+h5::Plist tensor_layout(const std::vector<hsize_t>& dims, uint64_t elements,
+                        const std::string& what) {
+  auto dcpl = h5::own<h5::Plist>(H5Pcreate(H5P_DATASET_CREATE), what);
+  if (dims.empty() || elements == 0) return dcpl;
+  std::vector<hsize_t> chunk(dims.size());
+  uint64_t inner = 1;  // elements of one chunk below the dimension being sized
+  for (size_t d = dims.size(); d-- > 0;) {
+    chunk[d] = std::clamp<hsize_t>(kChunkElements / inner, 1, dims[d]);
+    inner *= chunk[d];
+  }
+  h5::check(H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()), what);
+  h5::check(H5Pset_fletcher32(dcpl.get()), what);
+  return dcpl;
+}
+
+void write_tensor(hid_t group, const char* group_name, const TensorRef& tensor) {
+  const std::string what = fmt::format("cannot write tensor {}/{}", group_name, tensor.name);
+  const uint64_t elements = element_count(tensor.name, tensor.shape);
+  const std::vector<hsize_t> dims = dims_of(tensor.shape);
+  auto space = tensor_space(dims, what);
+  auto dcpl = tensor_layout(dims, elements, what);
+  auto dataset = h5::own<h5::Dataset>(H5Dcreate2(group, tensor.name.c_str(), H5T_IEEE_F32LE,
+                                                 space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+                                      what);
+  if (elements > 0) {
+    // Same-representation conversion is a plain copy, so NaN payloads and denormals survive.
+    h5::check(H5Dwrite(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, tensor.data),
+              what);
+  }
+  dataset.close(what);  // flushes the chunk cache: a full disk shows up here
+}
+
+void write_group(hid_t file, const char* name, const std::vector<TensorRef>& tensors) {
+  const std::string what = fmt::format("cannot create group {}", name);
+  auto group = h5::own<Group>(H5Gcreate2(file, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), what);
+  for (const TensorRef& tensor : tensors) write_tensor(group.get(), name, tensor);
+  group.close(what);
+}
+
+void write_file(const std::string& path, const TrainingState& state,
+                const CheckpointTensors& tensors) {
+  auto guard = h5::lock();
+  auto fapl = h5::file_access_list();
+  // The 1.10 format checksums all metadata, so a damaged header is reported, not misread.
+  h5::check(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V110, H5F_LIBVER_V110),
+            "cannot set format version bounds");
+  auto file = h5::own<h5::File>(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
+                                fmt::format("cannot create {}", path));
+  write_state(file.get(), state);
+  write_group(file.get(), kParams, tensors.params);
+  write_group(file.get(), kAdamM, tensors.adam_m);
+  write_group(file.get(), kAdamV, tensors.adam_v);
+  file.close(fmt::format("cannot close {}", path));
+}
+
+std::string errno_text(int error) {
+  return std::error_code(error, std::generic_category()).message();
+}
+
+// fsync through a fresh descriptor (HDF5 does not expose its own); a directory is fsynced so that
+// a rename in it is durable.
+void fsync_path(const std::string& path, int flags) {
+  const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
+  if (fd < 0) fail("cannot open {} to fsync: {}", path, errno_text(errno));
+  const int status = ::fsync(fd);
+  const int fsync_errno = errno;
+  ::close(fd);
+  if (status != 0) fail("cannot fsync {}: {}", path, errno_text(fsync_errno));
+}
+
+void publish(const std::string& tmp, const fs::path& final_path) {
+  fsync_path(tmp, O_RDONLY);
+  std::error_code ec;
+  fs::rename(tmp, final_path, ec);
+  if (ec) fail("cannot rename {} to {}: {}", tmp, final_path.string(), ec.message());
+  fsync_path(final_path.parent_path().string(), O_RDONLY | O_DIRECTORY);
+}
+
+// The checkpoints in dir, newest step first.
+std::vector<std::pair<uint64_t, fs::path>> list_checkpoints(const fs::path& dir) {
+  std::vector<std::pair<uint64_t, fs::path>> found;
+  std::error_code ec;
+  fs::directory_iterator it(dir, ec);
+  if (ec) {
+    if (ec == std::errc::no_such_file_or_directory) return found;
+    fail("cannot list {}: {}", dir.string(), ec.message());
+  }
+  for (; it != fs::directory_iterator(); it.increment(ec)) {
+    const auto step = parse_step(it->path().filename().string());
+    std::error_code stat_ec;  // a file pruned by someone else meanwhile is simply not listed
+    if (step && it->is_regular_file(stat_ec)) found.emplace_back(*step, it->path());
+  }
+  if (ec) fail("cannot list {}: {}", dir.string(), ec.message());
+  std::sort(found.begin(), found.end(),
+            [](const auto& a, const auto& b) { return a.first > b.first; });
+  return found;
+}
+
+// Failing to delete an old file costs disk space, not correctness, and the new checkpoint is
+// already safe: removal errors are ignored rather than reported as a failed save.
+void prune(const fs::path& dir, uint32_t keep_last, const fs::path& just_written) {
+  const auto checkpoints = list_checkpoints(dir);
+  for (size_t i = keep_last; i < checkpoints.size(); ++i) {
+    std::error_code ec;
+    if (checkpoints[i].second != just_written) fs::remove(checkpoints[i].second, ec);
+  }
+  // Any temporary file left now was abandoned by a writer that died: ours is already renamed.
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec); !ec && it != fs::directory_iterator();
+       it.increment(ec)) {
+    std::error_code remove_ec;
+    if (is_temp_file(it->path().filename().string())) fs::remove(it->path(), remove_ec);
+  }
+}
+
+// ---- reading ----
+
+h5::File open_file(const std::string& path) {
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  if (status.type() == fs::file_type::not_found) fail("no such file");
+  if (ec) fail("cannot access: {}", ec.message());
+  if (status.type() != fs::file_type::regular) fail("not a regular file");
+  if (h5::check(H5Fis_hdf5(path.c_str()), "cannot read file") == 0) fail("not an HDF5 file");
+  auto fapl = h5::file_access_list();
+  return h5::own<h5::File>(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()),
+                           "cannot open as HDF5");
+}
+
+// Reads an unsigned integer attribute of exactly n values.
+void read_u64_attribute(hid_t file, const char* name, uint64_t* out, hssize_t n) {
+  if (h5::check(H5Aexists(file, name), fmt::format("cannot look up attribute {}", name)) == 0) {
+    fail("missing attribute {}", name);
+  }
+  auto attr = h5::own<h5::Attribute>(H5Aopen(file, name, H5P_DEFAULT),
+                                     fmt::format("cannot open attribute {}", name));
+  auto type = h5::own<h5::Type>(H5Aget_type(attr.get()), fmt::format("attribute {}", name));
+  if (H5Tget_class(type.get()) != H5T_INTEGER) fail("attribute {} is not an integer", name);
+  auto space = h5::own<h5::Space>(H5Aget_space(attr.get()), fmt::format("attribute {}", name));
+  const hssize_t count = H5Sget_simple_extent_npoints(space.get());
+  if (count != n) fail("attribute {} has {} values, expected {}", name, count, n);
+  h5::check(H5Aread(attr.get(), H5T_NATIVE_UINT64, out),
+            fmt::format("cannot read attribute {}", name));
+}
+
+uint64_t read_u64(hid_t file, const char* name) {
+  uint64_t value = 0;
+  read_u64_attribute(file, name, &value, 1);
+  return value;
+}
+
+std::string read_config(hid_t file) {
+  const std::string what = fmt::format("cannot read /{}", kConfig);
+  if (h5::check(H5Lexists(file, kConfig, H5P_DEFAULT), what) == 0) fail("missing /{}", kConfig);
+  auto dataset = h5::own<h5::Dataset>(H5Dopen2(file, kConfig, H5P_DEFAULT), what);
+  auto stored = h5::own<h5::Type>(H5Dget_type(dataset.get()), what);
+  if (H5Tget_class(stored.get()) != H5T_STRING ||
+      h5::check(H5Tis_variable_str(stored.get()), what) == 0) {
+    fail("/{} is not a variable-length string", kConfig);
+  }
+  auto space = h5::own<h5::Space>(H5Dget_space(dataset.get()), what);
+  if (H5Sget_simple_extent_npoints(space.get()) != 1) fail("/{} is not a single string", kConfig);
+  auto type = string_type(what);
+  char* text = nullptr;
+  h5::check(H5Dread(dataset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, &text), what);
+  std::string value = text != nullptr ? text : "";
+  H5free_memory(text);
+  return value;
+}
+
+TrainingState read_state(hid_t file) {
+  uint64_t version = 0;
+  read_u64_attribute(file, kFormatVersionAttr, &version, 1);
+  if (version != kFormatVersion) {
+    fail("format_version {} is not supported (this build reads {})", version, kFormatVersion);
+  }
+  TrainingState state;
+  state.step = read_u64(file, kStep);
+  state.data_position.epoch = read_u64(file, kDataEpoch);
+  state.data_position.doc_cursor = read_u64(file, kDataDocCursor);
+  state.data_position.token_offset = read_u64(file, kDataTokenOffset);
+  state.data_position.micro_batches = read_u64(file, kDataMicroBatches);
+  read_u64_attribute(file, kRngState, state.rng_state.data(),
+                     static_cast<hssize_t>(state.rng_state.size()));
+  state.config_text = read_config(file);
+  return state;
+}
+
+std::vector<hsize_t> stored_shape(hid_t dataset, const std::string& what) {
+  auto space = h5::own<h5::Space>(H5Dget_space(dataset), what);
+  const int rank = h5::check(H5Sget_simple_extent_ndims(space.get()), what);
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  h5::check(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr), what);
+  return dims;
+}
+
+void read_tensor(hid_t group, const char* group_name, const TensorRef& tensor) {
+  const std::string name = fmt::format("{}/{}", group_name, tensor.name);
+  const std::string what = fmt::format("cannot read tensor {}", name);
+  if (h5::check(H5Lexists(group, tensor.name.c_str(), H5P_DEFAULT), what) == 0) {
+    fail("tensor {} is missing", name);
+  }
+  auto dataset = h5::own<h5::Dataset>(H5Dopen2(group, tensor.name.c_str(), H5P_DEFAULT), what);
+  auto type = h5::own<h5::Type>(H5Dget_type(dataset.get()), what);
+  if (H5Tget_class(type.get()) != H5T_FLOAT || H5Tget_size(type.get()) != sizeof(float)) {
+    fail("tensor {} is not float32", name);
+  }
+  const std::vector<hsize_t> dims = stored_shape(dataset.get(), what);
+  if (dims != dims_of(tensor.shape)) {
+    fail("tensor {} has shape {}, the model expects {}", name, shape_text(dims),
+         shape_text(tensor.shape));
+  }
+  if (element_count(name, tensor.shape) == 0) return;
+  h5::check(H5Dread(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, tensor.data),
+            what);
+}
+
+void read_group(hid_t file, const char* name, const std::vector<TensorRef>& tensors) {
+  if (tensors.empty()) return;
+  const std::string what = fmt::format("cannot open group {}", name);
+  if (h5::check(H5Lexists(file, name, H5P_DEFAULT), what) == 0) {
+    fail("tensor {}/{} is missing (the file has no group {})", name, tensors.front().name, name);
+  }
+  auto group = h5::own<Group>(H5Gopen2(file, name, H5P_DEFAULT), what);
+  for (const TensorRef& tensor : tensors) read_tensor(group.get(), name, tensor);
+}
+
+}  // namespace
+
+std::string save_checkpoint(const std::string& dir, const TrainingState& state,
+                            const CheckpointTensors& tensors, uint32_t keep_last) {
+  return with_context(fmt::format("{}: cannot save checkpoint of step {}", dir, state.step), [&] {
+    if (keep_last == 0) fail("keep_last must be >= 1");
+    validate_all(tensors);
+    const fs::path directory = dir.empty() ? fs::path(".") : fs::path(dir);
+    std::error_code ec;
+    fs::create_directories(directory, ec);
+    if (ec) fail("cannot create the directory: {}", ec.message());
+    const fs::path final_path = directory / checkpoint_name(state.step);
+    const std::string tmp = final_path.string() + ".tmp";
+    try {
+      write_file(tmp, state, tensors);
+      publish(tmp, final_path);
+    } catch (...) {
+      std::error_code remove_ec;
+      fs::remove(tmp, remove_ec);
+      throw;
+    }
+    prune(directory, keep_last, final_path);
+    return final_path.string();
+  });
+}
+
+std::string latest_checkpoint(const std::string& dir) {
+  const auto checkpoints = list_checkpoints(dir.empty() ? fs::path(".") : fs::path(dir));
+  return checkpoints.empty() ? std::string() : checkpoints.front().second.string();
+}
+
+TrainingState load_checkpoint(const std::string& path, const CheckpointTensors& tensors) {
+  return with_context(path, [&] {
+    validate_all(tensors);
+    auto guard = h5::lock();
+    auto file = open_file(path);
+    TrainingState state = read_state(file.get());
+    read_group(file.get(), kParams, tensors.params);
+    read_group(file.get(), kAdamM, tensors.adam_m);
+    read_group(file.get(), kAdamV, tensors.adam_v);
+    return state;
+  });
+}
+
+TrainingState read_checkpoint_state(const std::string& path) {
+  return with_context(path, [&] {
+    auto guard = h5::lock();
+    auto file = open_file(path);
+    return read_state(file.get());
+  });
+}
+
+}  // namespace cadtrain::trainer

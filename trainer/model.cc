@@ -1,0 +1,233 @@
+// Model: parameters, buffers, initialisation, and the forward/backward over the whole stack.
+// The blocks themselves are in model_blocks.cc.
+#include "trainer/model.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "common/error.h"
+#include "common/rng.h"
+#include "trainer/model_impl.h"
+
+namespace cadtrain::trainer {
+namespace {
+
+void declare_layer(ParameterSet& p, const ModelDims& d, size_t l, LayerWeights& w) {
+  const std::string prefix = fmt::format("layers.{}.", l);
+  const int64_t c = d.c;
+  if (d.kinds[l] == config::ATTENTION) {
+    w.mixer_norm = p.add(prefix + "attn_norm", {c});
+    w.wq = p.add(prefix + "attn.wq", {d.q_dim(), c});
+    w.wk = p.add(prefix + "attn.wk", {d.kv_dim(), c});
+    w.wv = p.add(prefix + "attn.wv", {d.kv_dim(), c});
+    w.wo = p.add(prefix + "attn.wo", {c, d.q_dim()});
+    if (d.qk_norm) {
+      w.q_norm = p.add(prefix + "attn.q_norm", {d.head_dim});
+      w.k_norm = p.add(prefix + "attn.k_norm", {d.head_dim});
+    }
+  } else {
+    w.mixer_norm = p.add(prefix + "conv_norm", {c});
+    w.conv_in = p.add(prefix + "conv.w_in", {3 * c, c});  // rows: B, C (gate), x
+    w.conv_kernel = p.add(prefix + "conv.kernel", {c, d.conv_k});
+    w.conv_out = p.add(prefix + "conv.w_out", {c, c});
+  }
+  w.mlp_norm = p.add(prefix + "mlp_norm", {c});
+  w.w_gate = p.add(prefix + "mlp.w_gate", {d.ffn, c});
+  w.w_up = p.add(prefix + "mlp.w_up", {d.ffn, c});
+  w.w_down = p.add(prefix + "mlp.w_down", {c, d.ffn});
+}
+
+}  // namespace
+
+Model::Impl::Impl(const config::ModelConfig& cfg, int64_t max_tokens_, kernels::Backend& backend,
+                  kernels::CoreAttention& attn)
+    : dims(ModelDims::from(cfg)), max_tokens(max_tokens_), be(backend), attention(attn) {
+  CADTRAIN_CHECK(max_tokens > 0, "max_tokens must be positive");
+  embedding = params.add("tok_embedding", {dims.vocab, dims.c});
+  layers.resize(static_cast<size_t>(dims.n_layers));
+  for (size_t l = 0; l < layers.size(); ++l) declare_layer(params, dims, l, layers[l]);
+  final_norm = params.add("final_norm", {dims.c});
+  lm_head = dims.tied ? embedding : params.add("lm_head", {dims.vocab, dims.c});
+  params.allocate(be);
+
+  const auto n = static_cast<size_t>(max_tokens);
+  const auto c = static_cast<size_t>(dims.c);
+  for (int64_t l = 0; l <= dims.n_layers; ++l) resid.push_back(buffer(n * c));
+  acts.resize(dims.recompute ? 1 : layers.size());
+  for (auto& a : acts) a = make_acts();
+  const size_t wide = std::max<size_t>(c, static_cast<size_t>(dims.q_dim()));
+  const auto f = static_cast<size_t>(dims.ffn);
+  grads = GradScratch{buffer(n * c), buffer(n * c), buffer(n * c), buffer(n * static_cast<size_t>(dims.q_dim())),
+                      buffer(n * static_cast<size_t>(dims.kv_dim())), buffer(n * static_cast<size_t>(dims.kv_dim())),
+                      buffer(n * wide), buffer(n * wide), buffer(n * wide), buffer(n * wide),
+                      buffer(n * f), buffer(n * f), buffer(n * f)};
+  xf = buffer(n * c);
+  rstd_f = buffer(n);
+}
+
+Model::Impl::~Impl() {
+  for (float* p : owned) be.free(p);
+}
+
+float* Model::Impl::buffer(size_t count) {
+  owned.push_back(be.alloc(count));
+  return owned.back();
+}
+
+LayerActs Model::Impl::make_acts() {
+  const auto n = static_cast<size_t>(max_tokens);
+  const auto c = static_cast<size_t>(dims.c);
+  const auto qd = static_cast<size_t>(dims.q_dim());
+  const auto kvd = static_cast<size_t>(dims.kv_dim());
+  const auto f = static_cast<size_t>(dims.ffn);
+  bool any_attention = false, any_conv = false;
+  for (const auto k : dims.kinds) (k == config::ATTENTION ? any_attention : any_conv) = true;
+  LayerActs a;
+  a.xn = buffer(n * c);
+  a.rstd1 = buffer(n);
+  if (any_attention) {
+    a.q = buffer(n * qd);
+    a.k = buffer(n * kvd);
+    a.v = buffer(n * kvd);
+    a.o = buffer(n * qd);
+    a.lse = buffer(n * static_cast<size_t>(dims.q_heads));
+    if (dims.qk_norm) {
+      a.q_pre = buffer(n * qd);
+      a.k_pre = buffer(n * kvd);
+      a.rstd_q = buffer(n * static_cast<size_t>(dims.q_heads));
+      a.rstd_k = buffer(n * static_cast<size_t>(dims.kv_heads));
+    }
+  }
+  if (any_conv) {
+    for (float** p : {&a.b, &a.cg, &a.xv, &a.yv, &a.z, &a.g}) *p = buffer(n * c);
+  }
+  a.x_mid = buffer(n * c);
+  a.xn2 = buffer(n * c);
+  a.rstd2 = buffer(n);
+  a.gate = buffer(n * f);
+  a.up = buffer(n * f);
+  a.h = buffer(n * f);
+  return a;
+}
+
+void Model::Impl::forward_layer(size_t l, const Batch& batch) {
+  LayerActs& a = acts_of(l);
+  if (dims.kinds[l] == config::ATTENTION) {
+    attention_forward(l, batch, a);
+  } else {
+    conv_forward(l, batch, a);
+  }
+  mlp_forward(l, batch, a);
+}
+
+void Model::Impl::backward_layer(size_t l, const Batch& batch) {
+  LayerActs& a = acts_of(l);
+  mlp_backward(l, batch, a);
+  if (dims.kinds[l] == config::ATTENTION) {
+    attention_backward(l, batch, a);
+  } else {
+    conv_backward(l, batch, a);
+  }
+}
+
+void Model::Impl::forward_trunk(const Batch& batch) {
+  CADTRAIN_CHECK(batch.n > 0 && batch.n <= max_tokens, "micro-batch of {} tokens, model built for at most {}",
+                 batch.n, max_tokens);
+  for (int64_t i = 0; i < batch.n; ++i) {
+    if (batch.tokens[i] >= static_cast<uint32_t>(dims.vocab)) {
+      fail("token {} at position {} of the micro-batch is >= vocab_size {}", batch.tokens[i], i, dims.vocab);
+    }
+  }
+  be.embedding_forward(resid[0], batch.tokens, params.param(embedding), batch.n, dims.c);
+  for (size_t l = 0; l < layers.size(); ++l) forward_layer(l, batch);
+  be.rmsnorm_forward(xf, rstd_f, resid.back(), params.param(final_norm), batch.n, dims.c,
+                     static_cast<float>(dims.norm_eps));
+}
+
+Model::Model(const config::ModelConfig& cfg, int64_t max_tokens, kernels::Backend& backend,
+             kernels::CoreAttention& attention)
+    : impl_(std::make_unique<Impl>(cfg, max_tokens, backend, attention)) {}
+
+Model::~Model() = default;
+
+const ModelDims& Model::dims() const { return impl_->dims; }
+ParameterSet& Model::params() { return impl_->params; }
+kernels::Backend& Model::backend() { return impl_->be; }
+const PhaseTimes& Model::times() const { return impl_->times; }
+void Model::reset_times() { impl_->times = PhaseTimes{}; }
+
+void Model::init_weights(uint64_t seed) {
+  Impl& m = *impl_;
+  const double residual_scale = 1.0 / std::sqrt(2.0 * static_cast<double>(m.dims.n_layers));
+  for (size_t i = 0; i < m.params.infos().size(); ++i) {
+    ParamInfo& info = m.params.infos()[i];
+    std::vector<float> host(info.numel);
+    Rng rng(seed, i + 1);  // one stream per tensor: adding a tensor does not change the others
+    const bool is_norm = info.shape.size() == 1;
+    const bool is_residual_out = info.name.ends_with("attn.wo") || info.name.ends_with("mlp.w_down") ||
+                                 info.name.ends_with("conv.w_out");
+    double std = m.dims.init_std * (is_residual_out ? residual_scale : 1.0);
+    if (info.name.ends_with("conv.kernel")) std = 1.0 / std::sqrt(static_cast<double>(m.dims.conv_k));
+    for (auto& x : host) x = is_norm ? 1.0f : static_cast<float>(std * rng.normal());
+    m.be.copy(m.params.param(i), host.data(), info.numel);
+  }
+}
+
+LossSum Model::forward_backward(const Batch& batch, float grad_scale) {
+  Impl& m = *impl_;
+  const double t0 = now_seconds();
+  m.forward_trunk(batch);
+  const double t_loss = now_seconds();
+  kernels::LmHeadLossArgs loss_args;
+  loss_args.h = m.xf;
+  loss_args.w = m.params.param(m.lm_head);
+  loss_args.targets = batch.targets;
+  loss_args.mask = batch.loss_mask;
+  loss_args.n = batch.n;
+  loss_args.c = m.dims.c;
+  loss_args.v = m.dims.vocab;
+  loss_args.dh = m.grads.dtmp;
+  loss_args.dw = m.params.grad(m.lm_head);
+  loss_args.grad_scale = grad_scale;
+  const kernels::LmHeadLossResult loss = m.be.lm_head_cross_entropy(loss_args);
+  const double t1 = now_seconds();
+  m.times.loss += t1 - t_loss;
+  m.times.forward += t_loss - t0;
+
+  // d(final norm input) -> residual gradient
+  m.be.rmsnorm_backward(m.grads.dx, m.params.grad(m.final_norm), m.grads.dtmp, m.resid.back(),
+                        m.params.param(m.final_norm), m.rstd_f, batch.n, m.dims.c);
+  for (size_t l = m.layers.size(); l-- > 0;) {
+    if (m.dims.recompute) {
+      const double r0 = now_seconds();
+      m.forward_layer(l, batch);  // refills the shared LayerActs from resid[l]
+      m.times.forward += now_seconds() - r0;
+    }
+    m.backward_layer(l, batch);
+  }
+  m.be.embedding_backward(m.params.grad(m.embedding), m.grads.dx, batch.tokens, batch.n, m.dims.c);
+  m.times.backward += now_seconds() - t1;
+  return LossSum{loss.loss_sum, loss.weight_sum};
+}
+
+LossSum Model::evaluate(const Batch& batch, float* row_loss, uint32_t* row_argmax) {
+  Impl& m = *impl_;
+  const double t0 = now_seconds();
+  m.forward_trunk(batch);
+  kernels::LmHeadLossArgs loss_args;
+  loss_args.h = m.xf;
+  loss_args.w = m.params.param(m.lm_head);
+  loss_args.targets = batch.targets;
+  loss_args.mask = batch.loss_mask;
+  loss_args.n = batch.n;
+  loss_args.c = m.dims.c;
+  loss_args.v = m.dims.vocab;
+  loss_args.row_loss = row_loss;
+  loss_args.row_argmax = row_argmax;
+  const kernels::LmHeadLossResult loss = m.be.lm_head_cross_entropy(loss_args);
+  m.times.forward += now_seconds() - t0;
+  return LossSum{loss.loss_sum, loss.weight_sum};
+}
+
+}  // namespace cadtrain::trainer

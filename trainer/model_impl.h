@@ -1,0 +1,106 @@
+// Internal to trainer/: the model's buffers and the per-block forward/backward functions that
+// model.cc strings together. Each block reads its inputs from LayerActs and writes its outputs
+// there, so that "saved" and "recomputed" activations are the same code on different buffers.
+#pragma once
+
+#include <vector>
+
+#include "common/clock.h"
+#include "kernels/backend.h"
+#include "kernels/core_attention.h"
+#include "trainer/model.h"
+
+namespace cadtrain::trainer {
+
+// Indices into the ParameterSet of one layer's weights (unused ones stay SIZE_MAX).
+struct LayerWeights {
+  size_t mixer_norm = SIZE_MAX, mlp_norm = SIZE_MAX;
+  size_t wq = SIZE_MAX, wk = SIZE_MAX, wv = SIZE_MAX, wo = SIZE_MAX, q_norm = SIZE_MAX, k_norm = SIZE_MAX;
+  size_t conv_in = SIZE_MAX, conv_kernel = SIZE_MAX, conv_out = SIZE_MAX;
+  size_t w_gate = SIZE_MAX, w_up = SIZE_MAX, w_down = SIZE_MAX;
+};
+
+// Activations of one layer for one micro-batch. With recomputation all layers share one
+// LayerActs and only the residual stream is kept per layer.
+struct LayerActs {
+  float* xn = nullptr;      // [N, C] rmsnorm(x_in)
+  float* rstd1 = nullptr;   // [N]
+  // attention
+  float* q_pre = nullptr;   // [N, Hq*D] before qk-norm (qk_norm only)
+  float* k_pre = nullptr;   // [N, Hkv*D]
+  float* rstd_q = nullptr;  // [N*Hq]
+  float* rstd_k = nullptr;  // [N*Hkv]
+  float* q = nullptr;       // [N, Hq*D] as attention sees it (normed, rotated)
+  float* k = nullptr;       // [N, Hkv*D]
+  float* v = nullptr;       // [N, Hkv*D]
+  float* o = nullptr;       // [N, Hq*D] attention output
+  float* lse = nullptr;     // [N, Hq]
+  // short convolution: (b, cg, xv) = xn W_in^T; yv = b*xv; z = conv(yv); g = cg*z
+  float* b = nullptr;
+  float* cg = nullptr;
+  float* xv = nullptr;
+  float* yv = nullptr;
+  float* z = nullptr;
+  float* g = nullptr;       // all [N, C]
+  // MLP
+  float* x_mid = nullptr;   // [N, C] x_in + mixer output
+  float* xn2 = nullptr;     // [N, C]
+  float* rstd2 = nullptr;   // [N]
+  float* gate = nullptr;    // [N, F]
+  float* up = nullptr;      // [N, F]
+  float* h = nullptr;       // [N, F] silu(gate) * up
+};
+
+// Gradient scratch shared by all layers.
+struct GradScratch {
+  float* dx = nullptr;     // [N, C] gradient of the residual stream
+  float* dtmp = nullptr;   // [N, C]
+  float* dxn = nullptr;    // [N, C]
+  float* dq = nullptr;     // [N, Hq*D]
+  float* dk = nullptr;     // [N, Hkv*D]
+  float* dv = nullptr;     // [N, Hkv*D]
+  float* do_ = nullptr;    // [N, Hq*D] (also dg, dcg, dz, dyv, db, dxv for conv: [N, C] each)
+  float* dc1 = nullptr;    // [N, max(C, Hq*D)]
+  float* dc2 = nullptr;
+  float* dc3 = nullptr;
+  float* dh = nullptr;     // [N, F]
+  float* dgate = nullptr;  // [N, F]
+  float* dup = nullptr;    // [N, F]
+};
+
+struct Model::Impl {
+  ModelDims dims;
+  int64_t max_tokens = 0;
+  kernels::Backend& be;
+  kernels::CoreAttention& attention;
+  ParameterSet params;
+  size_t embedding = SIZE_MAX, final_norm = SIZE_MAX, lm_head = SIZE_MAX;
+  std::vector<LayerWeights> layers;
+  std::vector<float*> resid;        // n_layers + 1 buffers [N, C]: the input of each layer, then the last output
+  std::vector<LayerActs> acts;      // one per layer, or one shared when recomputing
+  GradScratch grads;
+  float* xf = nullptr;              // [N, C] final rmsnorm output
+  float* rstd_f = nullptr;          // [N]
+  std::vector<float*> owned;        // every activation buffer, freed in the destructor
+  PhaseTimes times;
+
+  Impl(const config::ModelConfig& cfg, int64_t max_tokens, kernels::Backend& backend,
+       kernels::CoreAttention& attn);
+  ~Impl();
+  float* buffer(size_t count);
+  LayerActs make_acts();
+  LayerActs& acts_of(size_t layer) { return acts[dims.recompute ? 0 : layer]; }
+
+  void forward_layer(size_t l, const Batch& batch);
+  void backward_layer(size_t l, const Batch& batch);
+  void attention_forward(size_t l, const Batch& batch, LayerActs& a);
+  void attention_backward(size_t l, const Batch& batch, LayerActs& a);
+  void conv_forward(size_t l, const Batch& batch, LayerActs& a);
+  void conv_backward(size_t l, const Batch& batch, LayerActs& a);
+  void mlp_forward(size_t l, const Batch& batch, LayerActs& a);
+  void mlp_backward(size_t l, const Batch& batch, LayerActs& a);
+  // Runs the forward up to the final norm; returns nothing (results in resid / xf).
+  void forward_trunk(const Batch& batch);
+};
+
+}  // namespace cadtrain::trainer

@@ -1,0 +1,203 @@
+// The training loop (see train_loop.h).
+#include "trainer/train_loop.h"
+
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <cmath>
+#include <filesystem>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/error.h"
+#include "common/rng.h"
+#include "configs/config.h"
+#include "data/dataset.h"
+#include "data/default_corpus.h"
+#include "data/packing.h"
+#include "kernels/sgemm_peak.h"
+#include "trainer/batch.h"
+#include "trainer/optimizer.h"
+#include "trainer/run_log.h"
+#include "trainer/session.h"
+
+namespace cadtrain::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+
+void check_dataset_fits(const data::Dataset& ds, const config::RunConfig& cfg) {
+  if (ds.vocab_size() > cfg.model().vocab_size()) {
+    fail("{} has vocab_size {} > model.vocab_size {}", ds.path(), ds.vocab_size(), cfg.model().vocab_size());
+  }
+  uint64_t longest = 0;
+  for (uint64_t d = 0; d < ds.num_docs(); ++d) longest = std::max(longest, ds.doc_length(d));
+  if (longest > cfg.model().max_seq_len()) {
+    fail("{} holds a document of {} tokens > model.max_seq_len {}; raise model.max_seq_len", ds.path(), longest,
+         cfg.model().max_seq_len());
+  }
+}
+
+std::string human(double x) {
+  if (x >= 1e9) return fmt::format("{:.2f} G", x / 1e9);
+  if (x >= 1e6) return fmt::format("{:.2f} M", x / 1e6);
+  if (x >= 1e3) return fmt::format("{:.1f} K", x / 1e3);
+  return fmt::format("{:.0f}", x);
+}
+
+// One optimizer step's micro-batches, fetched up front so the loss normaliser (the step's total
+// target count) is known before any gradient is computed.
+struct StepBatches {
+  std::vector<data::MicroBatch> micro;
+  double weight = 0;
+  uint64_t pairs = 0;
+};
+
+StepBatches next_step_batches(data::Packer& packer, uint32_t count) {
+  StepBatches s;
+  for (uint32_t i = 0; i < count; ++i) {
+    s.micro.push_back(packer.next());
+    for (const float w : s.micro.back().loss_mask) s.weight += w;
+    s.pairs += causal_pairs(s.micro.back().cu_seqlens);
+  }
+  return s;
+}
+
+}  // namespace
+
+TrainResult train(const config::RunConfig& cfg, const std::string& provenance, const std::string& resume_from) {
+  const std::string run_dir = config::run_dir(cfg);
+  const std::string ckpt_dir = cfg.checkpoint().dir().empty() ? run_dir + "/checkpoints" : cfg.checkpoint().dir();
+  fs::create_directories(ckpt_dir);
+  config::write_effective_config(cfg, provenance, run_dir + "/config.pbtxt");
+
+  if (cfg.data().generate_if_missing()) {
+    for (const auto& g : data::ensure_synthetic_datasets(cfg.data(), false)) {
+      fmt::print("generated {}: {} documents, {} tokens in {:.2f} s\n", g.path, g.summary.n_docs, g.summary.n_tokens,
+                 g.seconds);
+    }
+  }
+  const data::Dataset train_ds = data::Dataset::open(cfg.data().train_path());
+  check_dataset_fits(train_ds, cfg);
+  std::unique_ptr<data::Dataset> eval_ds;
+  if (!cfg.data().eval_path().empty()) {
+    eval_ds = std::make_unique<data::Dataset>(data::Dataset::open(cfg.data().eval_path()));
+    check_dataset_fits(*eval_ds, cfg);
+  }
+
+  const uint64_t tokens_mb = cfg.data().tokens_per_micro_batch();
+  ModelSession session = make_model_session(cfg, static_cast<int64_t>(tokens_mb));
+  Model& model = *session.model;
+  AdamW optimizer(cfg.optimizer(), model.params(), *session.backend);
+  data::PackerOptions popt;
+  popt.tokens_per_micro_batch = tokens_mb;
+  popt.shuffle = cfg.data().shuffle();
+  popt.seed = cfg.seed();
+  data::Packer packer(train_ds, popt);
+  Rng rng(cfg.seed(), 0x7261696eULL);  // reserved for stochastic training features; checkpointed
+
+  uint64_t step = 0;
+  if (!resume_from.empty()) {
+    const std::string path = resolve_checkpoint(resume_from);
+    const TrainingState state = load_checkpoint(path, checkpoint_tensors(model, &optimizer));
+    step = state.step;
+    optimizer.set_steps_done(step);
+    packer.restore(state.data_position);
+    rng.set_state(state.rng_state.data());
+    fmt::print("resumed from {} at step {}\n", path, step);
+  } else {
+    model.init_weights(cfg.seed());
+  }
+
+  const ModelDims& dims = model.dims();
+  const double peak_gflops = kernels::measure_sgemm_gflops();
+  RunLog log(run_dir + "/" + cfg.logging().metrics_file(), !resume_from.empty(), cfg.logging().log_every());
+  const uint64_t tokens_step = tokens_mb * cfg.data().grad_accumulation();
+  log.table({{"run directory", run_dir},
+             {"model", fmt::format("{} layers, d_model {}, {} heads ({} kv), head_dim {}, ffn {}, vocab {}{}",
+                                   dims.n_layers, dims.c, dims.q_heads, dims.kv_heads, dims.head_dim, dims.ffn,
+                                   dims.vocab, dims.tied ? ", tied head" : "")},
+             {"parameters", fmt::format("{} ({})", dims.param_count(), human(static_cast<double>(dims.param_count())))},
+             {"tokens per step", fmt::format("{} ({} x {} micro-batches)", tokens_step, tokens_mb,
+                                             cfg.data().grad_accumulation())},
+             {"dense FLOPs per token", human(6.0 * static_cast<double>(dims.matmul_params()))},
+             {"train data", fmt::format("{} ({} docs, {} tokens)", train_ds.path(), train_ds.num_docs(),
+                                        train_ds.num_tokens())},
+             {"threads", fmt::format("{}", omp_get_max_threads())},
+             {"sgemm peak (measured)", fmt::format("{:.1f} GFLOP/s", peak_gflops)},
+             {"steps", fmt::format("{} -> {}", step, cfg.schedule().total_steps())}});
+
+  TrainResult result;
+  const auto evaluate_now = [&](uint64_t at) {
+    if (!eval_ds) return;
+    result.eval = evaluate(model, *eval_ds, tokens_mb, cfg.schedule().eval_batches());
+    result.evaluated = true;
+    log.eval(at, "eval", result.eval);
+  };
+  const auto save = [&](uint64_t at) {
+    TrainingState state;
+    state.step = at;
+    state.data_position = packer.position();
+    std::copy(rng.state(), rng.state() + 4, state.rng_state.begin());
+    state.config_text = config::effective_config_text(cfg, provenance);
+    result.checkpoint = save_checkpoint(ckpt_dir, state, checkpoint_tensors(model, &optimizer), cfg.checkpoint().keep_last());
+  };
+
+  bool first = true;
+  while (step < cfg.schedule().total_steps()) {
+    StepMetrics m;
+    const double t0 = now_seconds();
+    const StepBatches batches = next_step_batches(packer, cfg.data().grad_accumulation());
+    m.data = now_seconds() - t0;
+    session.backend->zero(model.params().grads(), model.params().total());
+    model.reset_times();
+    double loss_sum = 0;
+    const float grad_scale = batches.weight > 0 ? static_cast<float>(1.0 / batches.weight) : 0.0f;
+    for (const auto& mb : batches.micro) loss_sum += model.forward_backward(batch_view(mb), grad_scale).loss_sum;
+    m.loss = batches.weight > 0 ? loss_sum / batches.weight : 0;
+    m.forward = model.times().forward;
+    m.backward = model.times().backward;
+    m.core_attention = model.times().core_attention;
+    m.loss_time = model.times().loss;
+
+    const double t_opt = now_seconds();
+    m.grad_norm = optimizer.grad_norm();
+    m.lr = learning_rate(cfg.optimizer(), cfg.schedule(), step);
+    if (!std::isfinite(m.loss) || !std::isfinite(m.grad_norm)) {
+      const std::string bad = std::isfinite(m.loss) ? optimizer.first_nonfinite_grad() : "the loss";
+      if (cfg.optimizer().on_nonfinite() == config::FAIL) {
+        fail("step {}: non-finite value in {} (loss {}, grad norm {}); weights left at step {} "
+             "(optimizer.on_nonfinite: SKIP_STEP drops such steps instead)",
+             step + 1, bad, m.loss, m.grad_norm, step);
+      }
+      m.skipped = true;
+      log.note(fmt::format("step {}: non-finite value in {}: step skipped", step + 1, bad));
+    } else {
+      optimizer.step(m.lr, m.grad_norm);
+    }
+    m.optimizer = now_seconds() - t_opt;
+    ++step;
+    m.step = step;
+    m.total_steps = cfg.schedule().total_steps();
+    m.seconds = now_seconds() - t0;
+    const double tokens = static_cast<double>(tokens_step);
+    m.tokens_per_second = tokens / m.seconds;
+    m.mfu = training_flops(dims, tokens_step, batches.pairs) / m.seconds / (peak_gflops * 1e9);
+    log.step(m);
+    if (first) result.first_loss = m.loss;
+    first = false;
+    result.last_loss = m.loss;
+
+    const uint64_t every_eval = cfg.schedule().eval_every();
+    if (every_eval > 0 && step % every_eval == 0 && step != cfg.schedule().total_steps()) evaluate_now(step);
+    const uint64_t every_ckpt = cfg.checkpoint().every_steps();
+    if (every_ckpt > 0 && step % every_ckpt == 0 && step != cfg.schedule().total_steps()) save(step);
+  }
+  save(step);
+  log.note(fmt::format("checkpoint {}", result.checkpoint));
+  evaluate_now(step);
+  result.steps = step;
+  return result;
+}
+
+}  // namespace cadtrain::trainer
