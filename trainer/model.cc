@@ -230,4 +230,10 @@ LossSum Model::evaluate(const Batch& batch, float* row_loss, uint32_t* row_argma
   return LossSum{loss.loss_sum, loss.weight_sum};
 }
 
+void Model::logits(const Batch& batch, float* out) {
+  Impl& m = *impl_;
+  m.forward_trunk(batch);
+  m.be.linear_forward(out, m.xf, m.params.param(m.lm_head), batch.n, m.dims.c, m.dims.vocab);
+}
+
 }  // namespace cadtrain::trainer

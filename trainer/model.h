@@ -66,6 +66,9 @@ class Model {
   // Forward only; row_loss and row_argmax ([n], optional) receive per-token results.
   LossSum evaluate(const Batch& batch, float* row_loss, uint32_t* row_argmax);
 
+  // Forward only, materialising all logits [n, vocab] (tests, parity checks, small models).
+  void logits(const Batch& batch, float* out);
+
   const PhaseTimes& times() const;
   void reset_times();
 

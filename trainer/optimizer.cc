@@ -61,6 +61,13 @@ std::string AdamW::first_nonfinite_grad() {
   return {};
 }
 
+std::string AdamW::first_nonfinite_param() {
+  for (size_t i = 0; i < params_.infos().size(); ++i) {
+    if (!std::isfinite(be_.sum_squares(params_.param(i), params_.info(i).numel))) return params_.info(i).name;
+  }
+  return {};
+}
+
 void AdamW::step(double lr, double grad_norm) {
   ++steps_;
   const double clip = cfg_.grad_clip();

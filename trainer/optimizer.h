@@ -27,8 +27,9 @@ class AdamW {
 
   // sqrt of the sum of squared gradients over every tensor (double accumulation).
   double grad_norm();
-  // The first tensor whose gradient holds a NaN or Inf, or "" when all are finite.
+  // The first tensor whose gradient (or weight) holds a NaN or Inf, or "" when all are finite.
   std::string first_nonfinite_grad();
+  std::string first_nonfinite_param();
   // Clips to cfg.grad_clip (when > 0) given the global norm, then applies one AdamW update with lr.
   void step(double lr, double grad_norm);
 

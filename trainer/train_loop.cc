@@ -164,7 +164,11 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     m.grad_norm = optimizer.grad_norm();
     m.lr = learning_rate(cfg.optimizer(), cfg.schedule(), step);
     if (!std::isfinite(m.loss) || !std::isfinite(m.grad_norm)) {
-      const std::string bad = std::isfinite(m.loss) ? optimizer.first_nonfinite_grad() : "the loss";
+      // Name the culprit: a weight that is already not finite, else the first bad gradient.
+      std::string bad = optimizer.first_nonfinite_param();
+      bad = !bad.empty() ? fmt::format("the weights of {}", bad)
+            : std::isfinite(m.loss) ? fmt::format("the gradient of {}", optimizer.first_nonfinite_grad())
+                                    : std::string("the loss");
       if (cfg.optimizer().on_nonfinite() == config::FAIL) {
         fail("step {}: non-finite value in {} (loss {}, grad norm {}); weights left at step {} "
              "(optimizer.on_nonfinite: SKIP_STEP drops such steps instead)",
