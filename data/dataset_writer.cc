@@ -1,10 +1,7 @@
 // DatasetWriter: streams documents into "<path>.tmp" a chunk at a time, then writes offsets and
 // attributes, fsyncs and renames into place (format in data/dataset.h).
-#include <fcntl.h>   // ::open for fsync
-#include <unistd.h>  // ::fsync, ::close
 
 #include <algorithm>     // std::clamp, std::max
-#include <cerrno>        // errno of open/fsync
 #include <cmath>         // std::isfinite
 #include <cstdint>       // fixed-width ids and offsets
 #include <filesystem>    // rename, remove, parent directory
@@ -12,6 +9,7 @@
 #include <system_error>  // std::error_code messages
 #include <vector>        // pending chunk, offsets, difficulty
 
+#include "common/durable_file.h"  // publish_file
 #include "common/error.h"       // cadtrain::Error, fail(), with_context()
 #include "data/dataset.h"       // the public interface implemented here
 #include "common/hdf5_handles.h"  // handles, library lock, HDF5 error messages
@@ -83,23 +81,6 @@ void write_string_attribute(hid_t file, const char* name, const std::string& val
   auto attr = h5::own<h5::Attribute>(
       H5Acreate2(file, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), what);
   h5::check(H5Awrite(attr.get(), type.get(), value.c_str()), what);
-}
-
-// fsync through a fresh descriptor: HDF5 does not expose its own, and fsync on any descriptor of
-// the file flushes it. Directories are fsynced so that the rename itself is durable.
-void fsync_path(const std::string& path, int flags) {
-  const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
-  if (fd < 0) {
-    fail("cannot open {} to fsync: {}", path,
-         std::error_code(errno, std::generic_category()).message());
-  }
-  const int status = ::fsync(fd);
-  const int fsync_errno = errno;
-  ::close(fd);
-  if (status != 0) {
-    fail("cannot fsync {}: {}", path,
-         std::error_code(fsync_errno, std::generic_category()).message());
-  }
 }
 
 void validate_options(const DatasetWriterOptions& options) {
@@ -252,12 +233,7 @@ void DatasetWriter::Impl::commit() {
     tokens.close(fmt::format("cannot close {}", h5::kTokens));
     file.close(fmt::format("cannot close {}", tmp_path));
   }
-  fsync_path(tmp_path, O_RDONLY);
-  std::error_code ec;
-  fs::rename(tmp_path, path, ec);
-  if (ec) fail("cannot rename {} to {}: {}", tmp_path, path, ec.message());
-  const fs::path dir = fs::path(path).parent_path();
-  fsync_path(dir.empty() ? "." : dir.string(), O_RDONLY | O_DIRECTORY);
+  publish_file(tmp_path, path);
 }
 
 void DatasetWriter::Impl::abandon() noexcept {

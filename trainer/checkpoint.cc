@@ -2,11 +2,8 @@
 // validating loads (format in trainer/checkpoint.h).
 #include "trainer/checkpoint.h"
 
-#include <fcntl.h>   // ::open for fsync
-#include <unistd.h>  // ::fsync, ::close
 
 #include <algorithm>     // std::sort, std::clamp
-#include <cerrno>        // errno of open/fsync
 #include <charconv>      // std::from_chars: the step in a file name
 #include <cstdint>       // steps, shapes
 #include <filesystem>    // directories, rename, remove
@@ -19,6 +16,7 @@
 #include <utility>       // std::pair
 #include <vector>        // tensor lists, shapes
 
+#include "common/durable_file.h"  // publish_file, errno_text
 #include "common/error.h"         // cadtrain::Error, fail(), with_context()
 #include "common/hdf5_handles.h"  // handles, library lock, HDF5 error messages
 
@@ -228,29 +226,6 @@ void write_file(const std::string& path, const TrainingState& state,
   file.close(fmt::format("cannot close {}", path));
 }
 
-std::string errno_text(int error) {
-  return std::error_code(error, std::generic_category()).message();
-}
-
-// fsync through a fresh descriptor (HDF5 does not expose its own); a directory is fsynced so that
-// a rename in it is durable.
-void fsync_path(const std::string& path, int flags) {
-  const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
-  if (fd < 0) fail("cannot open {} to fsync: {}", path, errno_text(errno));
-  const int status = ::fsync(fd);
-  const int fsync_errno = errno;
-  ::close(fd);
-  if (status != 0) fail("cannot fsync {}: {}", path, errno_text(fsync_errno));
-}
-
-void publish(const std::string& tmp, const fs::path& final_path) {
-  fsync_path(tmp, O_RDONLY);
-  std::error_code ec;
-  fs::rename(tmp, final_path, ec);
-  if (ec) fail("cannot rename {} to {}: {}", tmp, final_path.string(), ec.message());
-  fsync_path(final_path.parent_path().string(), O_RDONLY | O_DIRECTORY);
-}
-
 // The checkpoints in dir, newest step first.
 std::vector<std::pair<uint64_t, fs::path>> list_checkpoints(const fs::path& dir) {
   std::vector<std::pair<uint64_t, fs::path>> found;
@@ -415,7 +390,7 @@ std::string save_checkpoint(const std::string& dir, const TrainingState& state,
     const std::string tmp = final_path.string() + ".tmp";
     try {
       write_file(tmp, state, tensors);
-      publish(tmp, final_path);
+      publish_file(tmp, final_path.string());
     } catch (...) {
       std::error_code remove_ec;
       fs::remove(tmp, remove_ec);

@@ -145,6 +145,18 @@ void Model::Impl::forward_trunk(const Batch& batch) {
                      static_cast<float>(dims.norm_eps));
 }
 
+kernels::LmHeadLossArgs Model::Impl::loss_args(const Batch& batch) const {
+  kernels::LmHeadLossArgs args;
+  args.h = xf;
+  args.w = params.param(lm_head);
+  args.targets = batch.targets;
+  args.mask = batch.loss_mask;
+  args.n = batch.n;
+  args.c = dims.c;
+  args.v = dims.vocab;
+  return args;
+}
+
 Model::Model(const config::ModelConfig& cfg, int64_t max_tokens, kernels::Backend& backend,
              kernels::CoreAttention& attention)
     : impl_(std::make_unique<Impl>(cfg, max_tokens, backend, attention)) {}
@@ -179,14 +191,7 @@ LossSum Model::forward_backward(const Batch& batch, float grad_scale) {
   const double t0 = now_seconds();
   m.forward_trunk(batch);
   const double t_loss = now_seconds();
-  kernels::LmHeadLossArgs loss_args;
-  loss_args.h = m.xf;
-  loss_args.w = m.params.param(m.lm_head);
-  loss_args.targets = batch.targets;
-  loss_args.mask = batch.loss_mask;
-  loss_args.n = batch.n;
-  loss_args.c = m.dims.c;
-  loss_args.v = m.dims.vocab;
+  kernels::LmHeadLossArgs loss_args = m.loss_args(batch);
   loss_args.dh = m.grads.dtmp;
   loss_args.dw = m.params.grad(m.lm_head);
   loss_args.grad_scale = grad_scale;
@@ -215,14 +220,7 @@ LossSum Model::evaluate(const Batch& batch, float* row_loss, uint32_t* row_argma
   Impl& m = *impl_;
   const double t0 = now_seconds();
   m.forward_trunk(batch);
-  kernels::LmHeadLossArgs loss_args;
-  loss_args.h = m.xf;
-  loss_args.w = m.params.param(m.lm_head);
-  loss_args.targets = batch.targets;
-  loss_args.mask = batch.loss_mask;
-  loss_args.n = batch.n;
-  loss_args.c = m.dims.c;
-  loss_args.v = m.dims.vocab;
+  kernels::LmHeadLossArgs loss_args = m.loss_args(batch);
   loss_args.row_loss = row_loss;
   loss_args.row_argmax = row_argmax;
   const kernels::LmHeadLossResult loss = m.be.lm_head_cross_entropy(loss_args);

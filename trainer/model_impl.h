@@ -99,8 +99,10 @@ struct Model::Impl {
   void conv_backward(size_t l, const Batch& batch, LayerActs& a);
   void mlp_forward(size_t l, const Batch& batch, LayerActs& a);
   void mlp_backward(size_t l, const Batch& batch, LayerActs& a);
-  // Runs the forward up to the final norm; returns nothing (results in resid / xf).
+  // Runs the forward up to the final norm (results in resid and xf).
   void forward_trunk(const Batch& batch);
+  // The fused LM-head loss over xf for this batch, without gradient outputs.
+  kernels::LmHeadLossArgs loss_args(const Batch& batch) const;
 };
 
 }  // namespace cadtrain::trainer
