@@ -4,8 +4,11 @@
 // Document layout (byte-level text, token id = byte):
 //   [filler][fact][filler][fact]...[filler] | [filler][query][filler][query]...[filler]
 //   \______________ first half ____________/ \______________ second half _____________/
-// fact:   "The code word ZQPX stands for 4821. "   (key: 4-6 uppercase letters, value: 4 digits)
-// query:  "Recall: ZQPX means 4821. "              (answer_mask = 1 on "4821" only)
+// fact:   "The code word ZQPX is 4821. "   (key: 4-6 uppercase letters, value: 4 digits)
+// query:  "Recall: ZQPX is 4821. "         (answer_mask = 1 on "4821" only)
+// Fact and query share the link " is " so that the key sits three tokens before the value in
+// both: the query's answer is an associative recall a small model can learn (an induction
+// circuit keyed on the last letters of the key), not a paraphrase it must decode.
 // filler: "the quiet farmer crosses the bridge near the hill. " (lowercase words, ' ' and '.')
 // Facts are in the first half and queries, in random order, in the second, so the fact-to-query
 // distance grows with the document. Filler holds no uppercase letters or digits, so a query's
@@ -32,9 +35,9 @@ namespace cadtrain::data {
 namespace {
 
 constexpr std::string_view kFactHead = "The code word ";
-constexpr std::string_view kFactLink = " stands for ";
+constexpr std::string_view kFactLink = " is ";
 constexpr std::string_view kQueryHead = "Recall: ";
-constexpr std::string_view kQueryLink = " means ";
+constexpr std::string_view kQueryLink = " is ";
 constexpr std::string_view kItemEnd = ". ";
 constexpr uint64_t kMinKeyLen = 4;
 constexpr uint64_t kMaxKeyLen = 6;

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 launch/build.sh build
 build/cadtrain train --config configs/tiny_cpu.pbtxt
-build/cadtrain sample runs/tiny --prompt "The code word QXZT stands for 4821. the old farmer visits the forest. Recall: QXZT means " --tokens 40
+build/cadtrain sample runs/tiny --prompt "The code word QXZT is 4821. the old farmer visits the quiet forest. Recall: QXZT is " --tokens 40

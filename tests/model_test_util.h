@@ -5,6 +5,8 @@
 
 #include "common/rng.h"
 #include "configs/cadtrain.pb.h"
+#include "data/packing.h"
+#include "trainer/batch.h"
 #include "trainer/model.h"
 
 namespace cadtrain::test_util {
@@ -27,33 +29,17 @@ inline config::ModelConfig small_model_config(bool qk_norm, bool tied) {
   return m;
 }
 
-// A packed batch of the given sequence lengths with random tokens and a few masked targets.
-struct TestBatch {
-  std::vector<uint32_t> tokens, targets;
-  std::vector<float> mask;
-  std::vector<int32_t> positions, cu_seqlens;
-  trainer::Batch view() const {
-    trainer::Batch b;
-    b.n = static_cast<int64_t>(tokens.size());
-    b.tokens = tokens.data();
-    b.targets = targets.data();
-    b.loss_mask = mask.data();
-    b.positions = positions.data();
-    b.cu_seqlens = cu_seqlens.data();
-    b.n_seqs = static_cast<int64_t>(cu_seqlens.size()) - 1;
-    return b;
-  }
-};
-
-inline TestBatch make_batch(const std::vector<int32_t>& lengths, uint32_t vocab, uint64_t seed) {
+// A packed batch of the given sequence lengths with random tokens and a few masked targets
+// (view it with trainer::batch_view).
+inline data::MicroBatch make_batch(const std::vector<int32_t>& lengths, uint32_t vocab, uint64_t seed) {
   Rng rng(seed);
-  TestBatch b;
+  data::MicroBatch b;
   b.cu_seqlens.push_back(0);
   for (const int32_t len : lengths) {
     for (int32_t p = 0; p < len; ++p) {
       b.tokens.push_back(static_cast<uint32_t>(rng.below(vocab)));
       b.targets.push_back(static_cast<uint32_t>(rng.below(vocab)));
-      b.mask.push_back(p + 1 == len || rng.below(7) == 0 ? 0.0f : 1.0f);
+      b.loss_mask.push_back(p + 1 == len || rng.below(7) == 0 ? 0.0f : 1.0f);
       b.positions.push_back(p);
     }
     b.cu_seqlens.push_back(b.cu_seqlens.back() + len);

@@ -28,6 +28,7 @@
 #include "configs/config.h"      // parse_run_config
 #include "kernels/backend.h"     // make_cpu_backend
 #include "kernels/core_attention.h"  // make_local_reference_attention
+#include "trainer/batch.h"       // batch_view
 #include "trainer/model.h"       // trainer::Model, Batch
 
 using namespace cadtrain;
@@ -78,34 +79,17 @@ const std::vector<Case>& cases() {
   return all;
 }
 
-struct HostBatch {
-  std::vector<uint32_t> tokens, targets;
-  std::vector<float> mask;
-  std::vector<int32_t> positions, cu_seqlens;
-  trainer::Batch view() const {
-    trainer::Batch b;
-    b.n = static_cast<int64_t>(tokens.size());
-    b.tokens = tokens.data();
-    b.targets = targets.data();
-    b.loss_mask = mask.data();
-    b.positions = positions.data();
-    b.cu_seqlens = cu_seqlens.data();
-    b.n_seqs = static_cast<int64_t>(cu_seqlens.size()) - 1;
-    return b;
-  }
-};
-
 // Random tokens and targets (masked rows keep a random in-vocabulary target, so a loss or
 // gradient that leaks from a masked row shows up as a mismatch); about 1 in 6 rows masked.
-HostBatch make_batch(const std::vector<Sequence>& seqs, uint32_t vocab, uint64_t seed) {
+data::MicroBatch make_batch(const std::vector<Sequence>& seqs, uint32_t vocab, uint64_t seed) {
   Rng rng(seed);
-  HostBatch b;
+  data::MicroBatch b;
   b.cu_seqlens.push_back(0);
   for (const Sequence& s : seqs) {
     for (int32_t i = 0; i < s.length; ++i) {
       b.tokens.push_back(static_cast<uint32_t>(rng.below(vocab)));
       b.targets.push_back(static_cast<uint32_t>(rng.below(vocab)));
-      b.mask.push_back(rng.below(6) == 0 ? 0.0f : 1.0f);
+      b.loss_mask.push_back(rng.below(6) == 0 ? 0.0f : 1.0f);
       b.positions.push_back(s.first_position + i + (s.jump_at > 0 && i >= s.jump_at ? s.jump : 0));
     }
     b.cu_seqlens.push_back(b.cu_seqlens.back() + s.length);
@@ -168,8 +152,8 @@ Group make_group(hid_t file, const char* name) {
 void run_case(const Case& c, const std::string& out_path) {
   const config::RunConfig run = config::parse_run_config(c.model_text, fmt::format("parity case {}", c.name));
   const config::ModelConfig& cfg = run.model();
-  const HostBatch batch = make_batch(c.sequences, cfg.vocab_size(), 20240611);
-  const trainer::Batch view = batch.view();
+  const data::MicroBatch batch = make_batch(c.sequences, cfg.vocab_size(), 20240611);
+  const trainer::Batch view = trainer::batch_view(batch);
 
   auto be = kernels::make_cpu_backend();
   auto attention = kernels::make_local_reference_attention();
@@ -234,7 +218,7 @@ void run_case(const Case& c, const std::string& out_path) {
     const hsize_t nn = n, ns = batch.cu_seqlens.size();
     write_dataset(g.get(), "tokens", H5T_STD_U32LE, H5T_NATIVE_UINT32, {nn}, batch.tokens.data());
     write_dataset(g.get(), "targets", H5T_STD_U32LE, H5T_NATIVE_UINT32, {nn}, batch.targets.data());
-    write_dataset(g.get(), "loss_mask", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {nn}, batch.mask.data());
+    write_dataset(g.get(), "loss_mask", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {nn}, batch.loss_mask.data());
     write_dataset(g.get(), "positions", H5T_STD_I32LE, H5T_NATIVE_INT32, {nn}, batch.positions.data());
     write_dataset(g.get(), "cu_seqlens", H5T_STD_I32LE, H5T_NATIVE_INT32, {ns}, batch.cu_seqlens.data());
   }

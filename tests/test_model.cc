@@ -46,9 +46,9 @@ double mean_loss(Model& model, const trainer::Batch& b) {
 void check_gradients(const config::ModelConfig& cfg) {
   Fixture f(cfg);
   const auto batch = test_util::make_batch({9, 1, 14, 5}, cfg.vocab_size(), 3);
-  const auto view = batch.view();
+  const auto view = batch_view(batch);
   double weight = 0;
-  for (const float m : batch.mask) weight += m;
+  for (const float m : batch.loss_mask) weight += m;
   f.zero_grads();
   f.model->forward_backward(view, static_cast<float>(1.0 / weight));
   const std::vector<float> grad = f.grads();
@@ -88,10 +88,10 @@ TEST(Model, RecomputationGivesIdenticalGradients) {
   auto cfg = test_util::small_model_config(true, true);
   const auto batch = test_util::make_batch({20, 7, 3}, cfg.vocab_size(), 5);
   Fixture keep(cfg);
-  keep.model->forward_backward(batch.view(), 0.1f);
+  keep.model->forward_backward(batch_view(batch), 0.1f);
   cfg.set_recompute_activations(true);
   Fixture recompute(cfg);
-  recompute.model->forward_backward(batch.view(), 0.1f);
+  recompute.model->forward_backward(batch_view(batch), 0.1f);
   EXPECT_EQ(keep.grads(), recompute.grads());  // same operations on the same inputs: bit for bit
 }
 
@@ -100,14 +100,14 @@ TEST(Model, GradientsAccumulateOverMicroBatches) {
   const auto a = test_util::make_batch({12, 4}, cfg.vocab_size(), 1);
   const auto b = test_util::make_batch({16}, cfg.vocab_size(), 2);
   Fixture f(cfg);
-  f.model->forward_backward(a.view(), 0.5f);
+  f.model->forward_backward(batch_view(a), 0.5f);
   const auto ga = f.grads();
   f.zero_grads();
-  f.model->forward_backward(b.view(), 0.5f);
+  f.model->forward_backward(batch_view(b), 0.5f);
   const auto gb = f.grads();
   f.zero_grads();
-  f.model->forward_backward(a.view(), 0.5f);
-  f.model->forward_backward(b.view(), 0.5f);
+  f.model->forward_backward(batch_view(a), 0.5f);
+  f.model->forward_backward(batch_view(b), 0.5f);
   const auto gab = f.grads();
   for (size_t i = 0; i < gab.size(); ++i) ASSERT_NEAR(gab[i], ga[i] + gb[i], 1e-5 * (1 + std::fabs(gab[i]))) << i;
 }
@@ -117,17 +117,17 @@ TEST(Model, LossMatchesLogits) {
   const auto batch = test_util::make_batch({10, 6}, cfg.vocab_size(), 4);
   Fixture f(cfg);
   std::vector<float> logits(batch.tokens.size() * cfg.vocab_size());
-  f.model->logits(batch.view(), logits.data());
+  f.model->logits(batch_view(batch), logits.data());
   double loss = 0, weight = 0;
   for (size_t i = 0; i < batch.tokens.size(); ++i) {
     const float* row = logits.data() + i * cfg.vocab_size();
     double mx = -INFINITY, sum = 0;
     for (uint32_t v = 0; v < cfg.vocab_size(); ++v) mx = std::max(mx, static_cast<double>(row[v]));
     for (uint32_t v = 0; v < cfg.vocab_size(); ++v) sum += std::exp(row[v] - mx);
-    loss += batch.mask[i] * (mx + std::log(sum) - row[batch.targets[i]]);
-    weight += batch.mask[i];
+    loss += batch.loss_mask[i] * (mx + std::log(sum) - row[batch.targets[i]]);
+    weight += batch.loss_mask[i];
   }
-  const LossSum l = f.model->evaluate(batch.view(), nullptr, nullptr);
+  const LossSum l = f.model->evaluate(batch_view(batch), nullptr, nullptr);
   EXPECT_NEAR(l.loss_sum, loss, 1e-4 * loss);
   EXPECT_EQ(l.weight_sum, weight);
 }
@@ -140,10 +140,10 @@ TEST(Model, KvCacheGenerationMatchesFullForward) {
     const auto out = generate(*f.model, prompt, 12, SamplingOptions{});
     std::vector<uint32_t> seq = prompt;
     seq.insert(seq.end(), out.begin(), out.end());
-    test_util::TestBatch b = test_util::make_batch({static_cast<int32_t>(seq.size())}, cfg.vocab_size(), 1);
+    data::MicroBatch b = test_util::make_batch({static_cast<int32_t>(seq.size())}, cfg.vocab_size(), 1);
     b.tokens = seq;
     std::vector<float> logits(seq.size() * cfg.vocab_size());
-    f.model->logits(b.view(), logits.data());
+    f.model->logits(batch_view(b), logits.data());
     for (size_t i = prompt.size() - 1; i + 1 < seq.size(); ++i) {
       const float* row = logits.data() + i * cfg.vocab_size();
       const auto argmax = static_cast<uint32_t>(std::max_element(row, row + cfg.vocab_size()) - row);
@@ -164,11 +164,11 @@ TEST(Model, OverfitsOneBatch) {
   opt.set_weight_decay(0);
   AdamW adam(opt, f.model->params(), *f.be);
   double weight = 0;
-  for (const float m : batch.mask) weight += m;
+  for (const float m : batch.loss_mask) weight += m;
   double first = 0, last = 0;
   for (int step = 0; step < 300; ++step) {
     f.zero_grads();
-    const LossSum l = f.model->forward_backward(batch.view(), static_cast<float>(1.0 / weight));
+    const LossSum l = f.model->forward_backward(batch_view(batch), static_cast<float>(1.0 / weight));
     (step == 0 ? first : last) = l.loss_sum / weight;
     adam.step(opt.lr(), adam.grad_norm());
   }
@@ -182,7 +182,7 @@ TEST(Model, NonFiniteGradientIsNamed) {
   ParameterSet& p = f.model->params();
   p.param(p.index_of("layers.1.conv.w_out"))[3] = std::numeric_limits<float>::quiet_NaN();
   const auto batch = test_util::make_batch({8}, cfg.vocab_size(), 2);
-  const LossSum l = f.model->forward_backward(batch.view(), 1.0f);
+  const LossSum l = f.model->forward_backward(batch_view(batch), 1.0f);
   EXPECT_TRUE(std::isnan(l.loss_sum));
   AdamW adam(config::OptimizerConfig{}, p, *f.be);
   EXPECT_FALSE(adam.first_nonfinite_grad().empty());
@@ -194,7 +194,7 @@ TEST(Model, OutOfRangeTokenIsRejected) {
   auto batch = test_util::make_batch({8}, cfg.vocab_size(), 2);
   batch.tokens[5] = cfg.vocab_size();
   try {
-    f.model->evaluate(batch.view(), nullptr, nullptr);
+    f.model->evaluate(batch_view(batch), nullptr, nullptr);
     FAIL();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("token 37 at position 5"), std::string::npos) << e.what();

@@ -91,7 +91,7 @@ Parsed parse(const std::vector<uint32_t>& tokens) {
       Item item;
       const bool fact = c == 'T';
       if (!parse_item(text, i, fact ? "The code word " : "Recall: ",
-                      fact ? " stands for " : " means ", item)) {
+                      " is ", item)) {
         out.error = "malformed item at " + std::to_string(i) + ": " + text.substr(i, 40);
         return out;
       }
@@ -108,7 +108,7 @@ Parsed parse(const std::vector<uint32_t>& tokens) {
 }
 
 uint64_t expected_fact_count(uint64_t length, double per_1k) {
-  const uint64_t capacity = std::min((length / 2) / 38, (length - length / 2) / 27);
+  const uint64_t capacity = std::min((length / 2) / 30, (length - length / 2) / 24);
   if (capacity == 0) return 0;
   const auto wanted =
       static_cast<uint64_t>(std::round(static_cast<double>(length) * per_1k / 1000));
@@ -272,7 +272,7 @@ TEST(SynthDocument, FactCountFollowsRate) {
   EXPECT_EQ(count(5000), 20u);
   EXPECT_EQ(count(100000), 400u);
   EXPECT_EQ(count(200), 1u);  // round(0.8)
-  EXPECT_EQ(count(60), 0u);   // too short for a fact and its query
+  EXPECT_EQ(count(59), 0u);   // too short for a fact and its query (30 + 24 tokens at most)
   cfg.set_facts_per_1k_tokens(0.1);
   EXPECT_EQ(count(300), 1u);  // rounds to 0, but every document that can hold one gets one
   EXPECT_EQ(count(20000), 2u);
@@ -286,7 +286,7 @@ TEST(SynthDocument, DenseRatesAreCappedByWhatFits) {
     const auto doc = generate_document(cfg, length, rng);
     check_document(doc, length, 100);
     EXPECT_EQ(std::count(doc.answer_mask.begin(), doc.answer_mask.end(), 1) / 4,
-              static_cast<long>((length / 2) / 38));
+              static_cast<long>((length / 2) / 30));
   }
 }
 
