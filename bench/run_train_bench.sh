@@ -10,7 +10,9 @@
 #
 # Environment: BUILD_DIR (default build-bench; configured and built with -j2 when needed),
 # OUT_DIR (default $BUILD_DIR/train_bench_out/<preset>_<time>: both logs and JSON summaries), PYTHON
-# (default /usr/bin/python3, Debian's, which has torch 1.13).
+# (default /usr/bin/python3, Debian's, which has torch 1.13), TORCH_ENV (VAR=value words set for
+# the PyTorch run only, e.g. TORCH_ENV="OMP_WAIT_POLICY=PASSIVE": torch's OpenMP pool and OpenBLAS's
+# pthread pool both spin-wait, which costs it time on a loaded machine).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -57,8 +59,9 @@ echo "## cadtrain (load $load_cad)"
   2>&1 | tee "$OUT_DIR/cadtrain.log"
 echo
 load_torch="$(load)"
-echo "## PyTorch (load $load_torch)"
-"$PYTHON" bench/torch_train_bench.py --preset "$preset" "${args[@]}" --json "$OUT_DIR/torch.json" \
+echo "## PyTorch (load $load_torch${TORCH_ENV:+, env $TORCH_ENV})"
+# shellcheck disable=SC2086  # TORCH_ENV is a list of words
+env ${TORCH_ENV:-} "$PYTHON" bench/torch_train_bench.py --preset "$preset" "${args[@]}" --json "$OUT_DIR/torch.json" \
   2>&1 | tee "$OUT_DIR/torch.log"
 echo
 

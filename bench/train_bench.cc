@@ -111,11 +111,13 @@ struct Phases {
   double step = 0, forward = 0, backward = 0, core_attention = 0, loss = 0, optimizer = 0;
 };
 
-double peak_rss_gib() {
+rusage usage() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_maxrss) / (1024.0 * 1024.0);  // ru_maxrss is in KiB on Linux
+  return ru;
 }
+
+double peak_rss_gib() { return static_cast<double>(usage().ru_maxrss) / (1024.0 * 1024.0); }  // KiB on Linux
 
 int run(const Options& opt) {
   CADTRAIN_CHECK(opt.steps > 0 && opt.warmup >= 0, "--steps {} must be > 0 and --warmup {} >= 0", opt.steps,
@@ -168,10 +170,12 @@ int run(const Options& opt) {
   const double sgemm_before = kernels::measure_sgemm_gflops(opt.sgemm_n, 3);
 
   Phases sum;
+  long faults_timed = 0;  // minor page faults during the timed steps: 0 when no op allocates per call
   double first_loss = 0, last_loss = 0;
   const float grad_scale = static_cast<float>(1.0 / static_cast<double>(N));
   for (int it = 0; it < opt.warmup + opt.steps; ++it) {
     model.reset_times();
+    const long faults0 = usage().ru_minflt;
     const double t0 = now_seconds();
     backend->zero(model.params().grads(), model.params().total());
     const double t1 = now_seconds();
@@ -182,6 +186,7 @@ int run(const Options& opt) {
                    it, ls.loss_sum, norm);
     adamw.step(lr, norm);
     const double t3 = now_seconds();
+    const long faults = usage().ru_minflt - faults0;
     const double loss = ls.loss_sum / ls.weight_sum;
     if (it == 0) first_loss = loss;
     last_loss = loss;
@@ -191,6 +196,7 @@ int run(const Options& opt) {
                static_cast<double>(N) / (t3 - t0));
     std::fflush(stdout);
     if (!timed) continue;
+    faults_timed += faults;
     const trainer::PhaseTimes& pt = model.times();
     sum.step += t3 - t0;
     sum.forward += pt.forward;
@@ -204,6 +210,7 @@ int run(const Options& opt) {
   const double sgemm = std::max(sgemm_before, sgemm_after);
   fmt::print("\nsgemm {}^3: {:.1f} GFLOP/s before the steps, {:.1f} after; MFU uses {:.1f}\n", opt.sgemm_n,
              sgemm_before, sgemm_after, sgemm);
+  fmt::print("minor page faults per timed step: {:.0f}\n", static_cast<double>(faults_timed) / opt.steps);
 
   const double k = 1.0 / opt.steps;
   const double step_s = sum.step * k;
@@ -275,6 +282,7 @@ int run(const Options& opt) {
     j["first_loss"] = first_loss;
     j["last_loss"] = last_loss;
     j["peak_rss_gib"] = rss;
+    j["page_faults_per_step"] = static_cast<double>(faults_timed) / opt.steps;
     j["phases_ms"] = {{"forward", fwd_s * 1e3},      {"backward", bwd_s * 1e3}, {"core_attention", attn_s * 1e3},
                       {"loss", loss_s * 1e3},        {"optimizer", opt_s * 1e3}, {"other", other_s * 1e3}};
     std::ofstream out(opt.json_path);

@@ -9,7 +9,7 @@
 #include "trainer/batch.h"
 #include "trainer/model.h"
 
-namespace cadtrain::test_util {
+namespace cadtrain::test {
 
 // A small mixed model: attention and short-conv layers, GQA 4:2, odd-ish sizes.
 inline config::ModelConfig small_model_config(bool qk_norm, bool tied) {
@@ -47,4 +47,4 @@ inline data::MicroBatch make_batch(const std::vector<int32_t>& lengths, uint32_t
   return b;
 }
 
-}  // namespace cadtrain::test_util
+}  // namespace cadtrain::test

@@ -16,7 +16,6 @@
 #include <exception>   // the child's error
 #include <filesystem>  // temp directories, truncation
 #include <fstream>     // raw bytes, to damage a file
-#include <functional>  // std::function
 #include <iterator>    // std::size, std::distance
 #include <string>      // paths and messages
 #include <thread>      // std::this_thread::sleep_for
@@ -24,6 +23,7 @@
 
 #include "common/error.h"        // cadtrain::Error
 #include "common/rng.h"          // random bit patterns
+#include "test_util.h"
 #include "trainer/checkpoint.h"  // the code under test
 
 namespace cadtrain::trainer {
@@ -127,15 +127,6 @@ void expect_loads_as(const std::string& path, const Tensors& original, const Tra
   expect_same_bits(original.refs.adam_v, loaded.refs.adam_v);
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
 class CheckpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -186,7 +177,7 @@ TEST_F(CheckpointTest, WeightsOnlyCheckpoint) {
 
   // Asking for moments the file does not have names the first one.
   Tensors with_moments = small_model(2).empty_like();
-  const std::string message = error_of([&] { load_checkpoint(path, with_moments.refs); });
+  const std::string message = test::error_of([&] { load_checkpoint(path, with_moments.refs); });
   EXPECT_NE(message.find("tensor adam_m/embed.weight is missing"), std::string::npos) << message;
 }
 
@@ -233,7 +224,7 @@ TEST_F(CheckpointTest, ShapeMismatchNamesTensorAndBothShapes) {
   Tensors model;
   model.add(&model.refs.params, "layers.0.attn.wq", {256, 256}, 6);
   EXPECT_EQ(
-      error_of([&] { load_checkpoint(path, model.refs); }),
+      test::error_of([&] { load_checkpoint(path, model.refs); }),
       fmt::format(
           "{}: tensor params/layers.0.attn.wq has shape [512, 256], the model expects [256, 256]",
           path));
@@ -244,25 +235,25 @@ TEST_F(CheckpointTest, MissingTensorIsNamed) {
   const std::string path = save_checkpoint(dir_, sample_state(1), saved.refs, 3);
   Tensors model = saved.empty_like();
   model.add(&model.refs.params, "lm_head.weight", {7, 5}, 1);
-  const std::string message = error_of([&] { load_checkpoint(path, model.refs); });
+  const std::string message = test::error_of([&] { load_checkpoint(path, model.refs); });
   EXPECT_EQ(message, fmt::format("{}: tensor params/lm_head.weight is missing", path));
 }
 
 TEST_F(CheckpointTest, InvalidArgumentsAreErrors) {
   Tensors model = small_model(7);
   EXPECT_NE(
-      error_of([&] { save_checkpoint(dir_, sample_state(1), model.refs, 0); }).find("keep_last"),
+      test::error_of([&] { save_checkpoint(dir_, sample_state(1), model.refs, 0); }).find("keep_last"),
       std::string::npos);
   model.refs.params[0].name = "layers/0";
   EXPECT_NE(
-      error_of([&] { save_checkpoint(dir_, sample_state(1), model.refs, 1); }).find("\"layers/0\""),
+      test::error_of([&] { save_checkpoint(dir_, sample_state(1), model.refs, 1); }).find("\"layers/0\""),
       std::string::npos);
   model.refs.params[0].name = "layers.0.attn.wq";  // now listed twice
   EXPECT_NE(
-      error_of([&] { save_checkpoint(dir_, sample_state(1), model.refs, 1); }).find("listed twice"),
+      test::error_of([&] { save_checkpoint(dir_, sample_state(1), model.refs, 1); }).find("listed twice"),
       std::string::npos);
   EXPECT_EQ(latest_checkpoint(dir_), "");
-  EXPECT_NE(error_of([&] { read_checkpoint_state(step_path(1)); }).find("no such file"),
+  EXPECT_NE(test::error_of([&] { read_checkpoint_state(step_path(1)); }).find("no such file"),
             std::string::npos);
 }
 
@@ -279,7 +270,7 @@ TEST_F(CheckpointTest, FutureFormatVersionIsRefused) {
     H5Aclose(attr);
     H5Fclose(file);
   }
-  const std::string message = error_of([&] { read_checkpoint_state(path); });
+  const std::string message = test::error_of([&] { read_checkpoint_state(path); });
   EXPECT_NE(message.find("format_version 2 is not supported"), std::string::npos) << message;
 }
 
@@ -292,9 +283,9 @@ TEST_F(CheckpointTest, TruncatedFileIsAnError) {
     fs::copy_file(path, copy);
     fs::resize_file(copy, keep);
     Tensors loaded = model.empty_like();
-    const std::string message = error_of([&] { load_checkpoint(copy, loaded.refs); });
+    const std::string message = test::error_of([&] { load_checkpoint(copy, loaded.refs); });
     EXPECT_TRUE(message.starts_with(copy + ": ")) << keep << ": " << message;
-    EXPECT_TRUE(error_of([&] { read_checkpoint_state(copy); }).starts_with(copy + ": "));
+    EXPECT_TRUE(test::error_of([&] { read_checkpoint_state(copy); }).starts_with(copy + ": "));
   }
 }
 
@@ -312,7 +303,7 @@ TEST_F(CheckpointTest, CorruptTensorDataIsAnError) {
   bytes[static_cast<size_t>(at - bytes.begin()) + 1000] ^= 0x10;
   std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
   Tensors loaded = model.empty_like();
-  const std::string message = error_of([&] { load_checkpoint(path, loaded.refs); });
+  const std::string message = test::error_of([&] { load_checkpoint(path, loaded.refs); });
   EXPECT_TRUE(message.starts_with(path + ": cannot read tensor params/w")) << message;
 }
 

@@ -45,7 +45,7 @@ double mean_loss(Model& model, const trainer::Batch& b) {
 // 2e-3 absolute + 5% relative.
 void check_gradients(const config::ModelConfig& cfg) {
   Fixture f(cfg);
-  const auto batch = test_util::make_batch({9, 1, 14, 5}, cfg.vocab_size(), 3);
+  const auto batch = test::make_batch({9, 1, 14, 5}, cfg.vocab_size(), 3);
   const auto view = batch_view(batch);
   double weight = 0;
   for (const float m : batch.loss_mask) weight += m;
@@ -81,12 +81,12 @@ void check_gradients(const config::ModelConfig& cfg) {
 
 }  // namespace
 
-TEST(Model, FiniteDifferenceGradients) { check_gradients(test_util::small_model_config(false, true)); }
-TEST(Model, FiniteDifferenceGradientsQkNormUntied) { check_gradients(test_util::small_model_config(true, false)); }
+TEST(Model, FiniteDifferenceGradients) { check_gradients(test::small_model_config(false, true)); }
+TEST(Model, FiniteDifferenceGradientsQkNormUntied) { check_gradients(test::small_model_config(true, false)); }
 
 TEST(Model, RecomputationGivesIdenticalGradients) {
-  auto cfg = test_util::small_model_config(true, true);
-  const auto batch = test_util::make_batch({20, 7, 3}, cfg.vocab_size(), 5);
+  auto cfg = test::small_model_config(true, true);
+  const auto batch = test::make_batch({20, 7, 3}, cfg.vocab_size(), 5);
   Fixture keep(cfg);
   keep.model->forward_backward(batch_view(batch), 0.1f);
   cfg.set_recompute_activations(true);
@@ -96,9 +96,9 @@ TEST(Model, RecomputationGivesIdenticalGradients) {
 }
 
 TEST(Model, GradientsAccumulateOverMicroBatches) {
-  const auto cfg = test_util::small_model_config(false, true);
-  const auto a = test_util::make_batch({12, 4}, cfg.vocab_size(), 1);
-  const auto b = test_util::make_batch({16}, cfg.vocab_size(), 2);
+  const auto cfg = test::small_model_config(false, true);
+  const auto a = test::make_batch({12, 4}, cfg.vocab_size(), 1);
+  const auto b = test::make_batch({16}, cfg.vocab_size(), 2);
   Fixture f(cfg);
   f.model->forward_backward(batch_view(a), 0.5f);
   const auto ga = f.grads();
@@ -113,8 +113,8 @@ TEST(Model, GradientsAccumulateOverMicroBatches) {
 }
 
 TEST(Model, LossMatchesLogits) {
-  const auto cfg = test_util::small_model_config(false, false);
-  const auto batch = test_util::make_batch({10, 6}, cfg.vocab_size(), 4);
+  const auto cfg = test::small_model_config(false, false);
+  const auto batch = test::make_batch({10, 6}, cfg.vocab_size(), 4);
   Fixture f(cfg);
   std::vector<float> logits(batch.tokens.size() * cfg.vocab_size());
   f.model->logits(batch_view(batch), logits.data());
@@ -134,13 +134,13 @@ TEST(Model, LossMatchesLogits) {
 
 TEST(Model, KvCacheGenerationMatchesFullForward) {
   for (const bool qk_norm : {false, true}) {
-    const auto cfg = test_util::small_model_config(qk_norm, qk_norm);
+    const auto cfg = test::small_model_config(qk_norm, qk_norm);
     Fixture f(cfg);
     const std::vector<uint32_t> prompt = {3, 14, 15, 9, 26};
     const auto out = generate(*f.model, prompt, 12, SamplingOptions{});
     std::vector<uint32_t> seq = prompt;
     seq.insert(seq.end(), out.begin(), out.end());
-    data::MicroBatch b = test_util::make_batch({static_cast<int32_t>(seq.size())}, cfg.vocab_size(), 1);
+    data::MicroBatch b = test::make_batch({static_cast<int32_t>(seq.size())}, cfg.vocab_size(), 1);
     b.tokens = seq;
     std::vector<float> logits(seq.size() * cfg.vocab_size());
     f.model->logits(batch_view(b), logits.data());
@@ -153,12 +153,12 @@ TEST(Model, KvCacheGenerationMatchesFullForward) {
 }
 
 TEST(Model, OverfitsOneBatch) {
-  config::ModelConfig cfg = test_util::small_model_config(false, true);
+  config::ModelConfig cfg = test::small_model_config(false, true);
   cfg.set_d_model(32);
   cfg.set_ffn_hidden(64);
   cfg.set_init_std(0.02);
   Fixture f(cfg);
-  const auto batch = test_util::make_batch({24, 24}, cfg.vocab_size(), 9);
+  const auto batch = test::make_batch({24, 24}, cfg.vocab_size(), 9);
   config::OptimizerConfig opt;
   opt.set_lr(1e-2);
   opt.set_weight_decay(0);
@@ -177,11 +177,11 @@ TEST(Model, OverfitsOneBatch) {
 }
 
 TEST(Model, NonFiniteGradientIsNamed) {
-  const auto cfg = test_util::small_model_config(false, true);
+  const auto cfg = test::small_model_config(false, true);
   Fixture f(cfg);
   ParameterSet& p = f.model->params();
   p.param(p.index_of("layers.1.conv.w_out"))[3] = std::numeric_limits<float>::quiet_NaN();
-  const auto batch = test_util::make_batch({8}, cfg.vocab_size(), 2);
+  const auto batch = test::make_batch({8}, cfg.vocab_size(), 2);
   const LossSum l = f.model->forward_backward(batch_view(batch), 1.0f);
   EXPECT_TRUE(std::isnan(l.loss_sum));
   AdamW adam(config::OptimizerConfig{}, p, *f.be);
@@ -189,9 +189,9 @@ TEST(Model, NonFiniteGradientIsNamed) {
 }
 
 TEST(Model, OutOfRangeTokenIsRejected) {
-  const auto cfg = test_util::small_model_config(false, true);
+  const auto cfg = test::small_model_config(false, true);
   Fixture f(cfg);
-  auto batch = test_util::make_batch({8}, cfg.vocab_size(), 2);
+  auto batch = test::make_batch({8}, cfg.vocab_size(), 2);
   batch.tokens[5] = cfg.vocab_size();
   try {
     f.model->evaluate(batch_view(batch), nullptr, nullptr);

@@ -11,7 +11,7 @@
 #include "data/dataset.h"
 #include "data/text_import.h"
 #include "data/tokenizer.h"
-#include "tests/text_test_util.h"
+#include "text_test_util.h"
 
 namespace cadtrain::data {
 namespace {
@@ -19,18 +19,6 @@ namespace {
 namespace fs = std::filesystem;
 using test::TempDir;
 using test::write_file;
-
-// Runs fn, which must throw cadtrain::Error, and returns the message.
-template <typename Fn>
-std::string import_error(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no cadtrain::Error was thrown";
-  return {};
-}
 
 // Every document of the dataset, decoded with the tokenizer it names.
 std::vector<std::string> decoded_docs(const std::string& path) {
@@ -115,7 +103,7 @@ TEST(TextImport, OnlyEmptyDocumentsIsAnErrorAndLeavesNoFile) {
   TempDir dir;
   write_file(dir / "in/empty.txt", "");
   const std::string output = dir / "out.h5";
-  const std::string message = import_error([&] { import_text(byte_import({dir / "in"}, output)); });
+  const std::string message = test::error_of([&] { import_text(byte_import({dir / "in"}, output)); });
   EXPECT_NE(message.find(output), std::string::npos) << message;
   EXPECT_FALSE(fs::exists(output));
   EXPECT_FALSE(fs::exists(output + ".tmp"));
@@ -162,7 +150,7 @@ TEST(TextImport, MissingInputIsNamed) {
   TempDir dir;
   write_file(dir / "real.txt", "text");
   const std::string missing = dir / "no_such_dir";
-  const std::string message = import_error(
+  const std::string message = test::error_of(
       [&] { import_text(byte_import({dir / "real.txt", missing}, dir / "out.h5")); });
   EXPECT_NE(message.find(missing), std::string::npos) << message;
 }
@@ -171,7 +159,7 @@ TEST(TextImport, DirectoryWithoutVisibleFilesIsNamed) {
   TempDir dir;
   write_file(dir / "in/.only_hidden", "text");
   const std::string message =
-      import_error([&] { import_text(byte_import({dir / "in"}, dir / "out.h5")); });
+      test::error_of([&] { import_text(byte_import({dir / "in"}, dir / "out.h5")); });
   EXPECT_NE(message.find(dir / "in"), std::string::npos) << message;
 }
 
@@ -180,7 +168,7 @@ TEST(TextImport, UnknownTokenizerIsNamed) {
   write_file(dir / "a.txt", "text");
   TextImportOptions options = byte_import({dir / "a.txt"}, dir / "out.h5");
   options.tokenizer = "wordpiece";
-  const std::string message = import_error([&] { import_text(options); });
+  const std::string message = test::error_of([&] { import_text(options); });
   EXPECT_NE(message.find("wordpiece"), std::string::npos) << message;
   EXPECT_NE(message.find(options.output), std::string::npos) << message;
 }
@@ -196,7 +184,7 @@ TEST(TokenizerFor, MissingModelNamesTheDataset) {
   writer.add_document(std::vector<uint32_t>{1, 2, 3});
   writer.finish();
   const Dataset dataset = Dataset::open(path);
-  const std::string message = import_error([&] { tokenizer_for(dataset); });
+  const std::string message = test::error_of([&] { tokenizer_for(dataset); });
   EXPECT_NE(message.find(path), std::string::npos) << message;
   EXPECT_NE(message.find("gone.model"), std::string::npos) << message;
 }
@@ -210,7 +198,7 @@ TEST(TokenizerFor, SentencePieceWithoutModelNamesTheDataset) {
   DatasetWriter writer(path, options);
   writer.add_document(std::vector<uint32_t>{1, 2, 3});
   writer.finish();
-  const std::string message = import_error([&] { tokenizer_for(Dataset::open(path)); });
+  const std::string message = test::error_of([&] { tokenizer_for(Dataset::open(path)); });
   EXPECT_NE(message.find(path), std::string::npos) << message;
 }
 

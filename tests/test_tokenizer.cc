@@ -11,24 +11,12 @@
 #include "common/error.h"  // cadtrain::Error
 #include "common/rng.h"
 #include "data/tokenizer.h"
-#include "tests/text_test_util.h"
+#include "text_test_util.h"
 
 namespace cadtrain::data {
 namespace {
 
 using test::TempDir;
-
-// Runs fn, which must throw cadtrain::Error, and returns the message.
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no cadtrain::Error was thrown";
-  return {};
-}
 
 TEST(ByteTokenizer, RoundTripsEveryByteValue) {
   const auto tokenizer = make_byte_tokenizer();
@@ -57,7 +45,7 @@ TEST(ByteTokenizer, RoundTripsRandomBytes) {
 TEST(ByteTokenizer, DecodeRejectsOutOfRangeIdNamingItsPosition) {
   const auto tokenizer = make_byte_tokenizer();
   const std::vector<uint32_t> ids = {72, 105, 256, 33};
-  const std::string message = error_of([&] { tokenizer->decode(ids); });
+  const std::string message = test::error_of([&] { tokenizer->decode(ids); });
   EXPECT_NE(message.find("256"), std::string::npos) << message;
   EXPECT_NE(message.find("position 2"), std::string::npos) << message;
 }
@@ -133,7 +121,7 @@ TEST_F(SentencePieceTest, CompressesTextLikeItsTrainingCorpus) {
 TEST_F(SentencePieceTest, DecodeRejectsOutOfRangeIdNamingItsPosition) {
   const auto tokenizer = load_sentencepiece(model_path_);
   const std::vector<uint32_t> ids = {5, tokenizer->vocab_size()};
-  const std::string message = error_of([&] { tokenizer->decode(ids); });
+  const std::string message = test::error_of([&] { tokenizer->decode(ids); });
   EXPECT_NE(message.find(std::to_string(tokenizer->vocab_size())), std::string::npos) << message;
   EXPECT_NE(message.find("position 1"), std::string::npos) << message;
 }
@@ -168,14 +156,14 @@ TEST(SentencePiece, TrainingOnMissingFileNamesIt) {
   TempDir dir;
   const std::string missing = dir / "no_such_corpus.txt";
   const std::string message =
-      error_of([&] { train_sentencepiece({missing}, dir / "sp", SentencePieceTrainOptions{}); });
+      test::error_of([&] { train_sentencepiece({missing}, dir / "sp", SentencePieceTrainOptions{}); });
   EXPECT_NE(message.find(missing), std::string::npos) << message;
 }
 
 TEST(SentencePiece, LoadingMissingModelNamesTheFile) {
   TempDir dir;
   const std::string missing = dir / "missing.model";
-  const std::string message = error_of([&] { load_sentencepiece(missing); });
+  const std::string message = test::error_of([&] { load_sentencepiece(missing); });
   EXPECT_NE(message.find(missing), std::string::npos) << message;
 }
 
@@ -183,7 +171,7 @@ TEST(SentencePiece, LoadingGarbageModelNamesTheFile) {
   TempDir dir;
   const std::string garbage = dir / "garbage.model";
   test::write_file(garbage, "this is not a SentencePiece model\n\x01\x02\xff\xfe");
-  const std::string message = error_of([&] { load_sentencepiece(garbage); });
+  const std::string message = test::error_of([&] { load_sentencepiece(garbage); });
   EXPECT_NE(message.find(garbage), std::string::npos) << message;
 }
 
