@@ -6,13 +6,18 @@
 #
 #   bench/run_train_bench.sh                 gpt2-small, B 4 x T 1024, 2 warm-up + 3 timed steps, 2 threads
 #   bench/run_train_bench.sh tiny            the tiny_cpu model, B 4 x T 1024
-#   bench/run_train_bench.sh gpt2-small --seq 128 --steps 1 --warmup 0     (extra flags go to both)
+#   bench/run_train_bench.sh gpt2-small --seq 128 --steps 1 --warmup 0     (flags go to both programs)
+#   WAIT_POLICIES="default PASSIVE" bench/run_train_bench.sh               (both pairs, see below)
 #
-# Environment: BUILD_DIR (default build-bench; configured and built with -j2 when needed),
-# OUT_DIR (default $BUILD_DIR/train_bench_out/<preset>_<time>: both logs and JSON summaries), PYTHON
-# (default /usr/bin/python3, Debian's, which has torch 1.13), TORCH_ENV (VAR=value words set for
-# the PyTorch run only, e.g. TORCH_ENV="OMP_WAIT_POLICY=PASSIVE": torch's OpenMP pool and OpenBLAS's
-# pthread pool both spin-wait, which costs it time on a loaded machine).
+# Environment:
+#   BUILD_DIR      default build-bench (configured, and train_bench built with -j2, when needed)
+#   OUT_DIR        default $BUILD_DIR/train_bench_out/<preset>_<time>: every log and JSON summary
+#   PYTHON         default /usr/bin/python3 (Debian's, which has torch 1.13)
+#   WAIT_POLICIES  OpenMP wait policies to run the pair under, in turn (default: "default", i.e. the
+#                  environment as it is). libgomp threads spin while they wait; on a loaded machine
+#                  that steals the cores, and PyTorch additionally runs OpenBLAS's pthread pool
+#                  beside its OpenMP pool, so its spinning threads outnumber the cores even on a
+#                  quiet one. "PASSIVE" sets OMP_WAIT_POLICY=PASSIVE for both programs alike.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -40,6 +45,7 @@ for flag in "${order[@]}"; do args+=("$flag" "${opt[$flag]}"); done
 BUILD_DIR="${BUILD_DIR:-build-bench}"
 PYTHON="${PYTHON:-/usr/bin/python3}"
 OUT_DIR="${OUT_DIR:-$BUILD_DIR/train_bench_out/${preset}_$(date +%Y%m%d_%H%M%S)}"
+read -r -a policies <<<"${WAIT_POLICIES:-default}"
 mkdir -p "$OUT_DIR"
 
 if [[ ! -f "$BUILD_DIR/build.ninja" ]]; then
@@ -48,46 +54,65 @@ fi
 ninja -C "$BUILD_DIR" -j2 train_bench >/dev/null
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
-echo "# train bench: $preset ${args[*]}"
+echo "# train bench: $preset ${args[*]} (OpenMP wait policies: ${policies[*]})"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load $(load)"
 echo "logs: $OUT_DIR"
+
+summaries=()
+for policy in "${policies[@]}"; do
+  case "$policy" in
+    default) run_env=() ;;
+    ACTIVE|PASSIVE) run_env=("OMP_WAIT_POLICY=$policy") ;;
+    *) echo "$0: WAIT_POLICIES holds '$policy'; expected default, ACTIVE or PASSIVE" >&2; exit 2 ;;
+  esac
+  for impl in cadtrain torch; do
+    tag="${impl}_${policy}"
+    l="$(load)"
+    echo
+    echo "## $impl, OpenMP wait policy $policy (load $l)"
+    if [[ "$impl" == cadtrain ]]; then
+      cmd=("$BUILD_DIR/bench/train_bench")
+    else
+      cmd=("$PYTHON" bench/torch_train_bench.py)
+    fi
+    env "${run_env[@]}" "${cmd[@]}" --preset "$preset" "${args[@]}" --json "$OUT_DIR/$tag.json" 2>&1 |
+      tee "$OUT_DIR/$tag.log"
+    summaries+=("$OUT_DIR/$tag.json" "$policy" "$l")
+  done
+done
 echo
 
-load_cad="$(load)"
-echo "## cadtrain (load $load_cad)"
-"$BUILD_DIR/bench/train_bench" --preset "$preset" "${args[@]}" --json "$OUT_DIR/cadtrain.json" \
-  2>&1 | tee "$OUT_DIR/cadtrain.log"
-echo
-load_torch="$(load)"
-echo "## PyTorch (load $load_torch${TORCH_ENV:+, env $TORCH_ENV})"
-# shellcheck disable=SC2086  # TORCH_ENV is a list of words
-env ${TORCH_ENV:-} "$PYTHON" bench/torch_train_bench.py --preset "$preset" "${args[@]}" --json "$OUT_DIR/torch.json" \
-  2>&1 | tee "$OUT_DIR/torch.log"
-echo
-
-"$PYTHON" - "$OUT_DIR/cadtrain.json" "$OUT_DIR/torch.json" "$load_cad" "$load_torch" <<'EOF'
+"$PYTHON" - "${summaries[@]}" <<'EOF'
 import json, sys
-cad, ref = (json.load(open(p)) for p in sys.argv[1:3])
-loads = sys.argv[3:5]
+a = sys.argv[1:]
+runs = [(json.load(open(a[i])), a[i + 1], a[i + 2]) for i in range(0, len(a), 3)]
 print("## cadtrain vs PyTorch, measured in the same run")
 print()
-print("| impl | preset | B x T | threads | ms/step | tok/s | GFLOP/s (PEERS conv.) | MFU (PEERS conv.) | "
+print("| impl | OMP wait | preset | B x T | threads | ms/step | tok/s | GFLOP/s (PEERS conv.) | MFU (PEERS conv.) | "
       "GFLOP/s (causal) | MFU (causal) | own sgemm GFLOP/s | loss first -> last | peak RSS GiB | load at start |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-for r, load in zip((cad, ref), loads):
-    print(f"| {r['impl']} | {r['preset']} | {r['batch']} x {r['seq']} | {r['threads']} | {r['ms_per_step']:.1f} | "
-          f"{r['tokens_per_s']:.1f} | {r['gflops_peers']:.1f} | {100 * r['mfu_peers']:.1f}% | {r['gflops_causal']:.1f} | "
-          f"{100 * r['mfu_causal']:.1f}% | {r['sgemm_gflops']:.1f} | {r['first_loss']:.3f} -> {r['last_loss']:.3f} | "
-          f"{r['peak_rss_gib']:.2f} | {load} |")
-ratio = cad["tokens_per_s"] / ref["tokens_per_s"]
-print(f"| **cadtrain / PyTorch** | | | | {cad['ms_per_step'] / ref['ms_per_step']:.2f}x | **{ratio:.2f}x** | "
-      f"{cad['gflops_peers'] / ref['gflops_peers']:.2f}x | | | | {cad['sgemm_gflops'] / ref['sgemm_gflops']:.2f}x | | "
-      f"{cad['peak_rss_gib'] / ref['peak_rss_gib']:.2f}x | |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+for i in range(0, len(runs), 2):
+    pair = runs[i:i + 2]
+    for r, policy, load in pair:
+        print(f"| {r['impl']} | {policy} | {r['preset']} | {r['batch']} x {r['seq']} | {r['threads']} | "
+              f"{r['ms_per_step']:.1f} | {r['tokens_per_s']:.1f} | {r['gflops_peers']:.1f} | {100 * r['mfu_peers']:.1f}% | "
+              f"{r['gflops_causal']:.1f} | {100 * r['mfu_causal']:.1f}% | {r['sgemm_gflops']:.1f} | "
+              f"{r['first_loss']:.3f} -> {r['last_loss']:.3f} | {r['peak_rss_gib']:.2f} | {load} |")
+    (cad, policy, _), (ref, _, _) = pair
+    print(f"| **cadtrain / PyTorch** | {policy} | | | | {cad['ms_per_step'] / ref['ms_per_step']:.2f}x | "
+          f"**{cad['tokens_per_s'] / ref['tokens_per_s']:.2f}x** | {cad['gflops_peers'] / ref['gflops_peers']:.2f}x | | | | "
+          f"{cad['sgemm_gflops'] / ref['sgemm_gflops']:.2f}x | | {cad['peak_rss_gib'] / ref['peak_rss_gib']:.2f}x | |")
+if len(runs) > 2:
+    best = {impl: max((r for r, _, _ in runs if r["impl"].startswith(impl)), key=lambda r: r["tokens_per_s"])
+            for impl in ("cadtrain", "pytorch")}
+    print(f"| **best cadtrain / best PyTorch** | | | | | | **{best['cadtrain']['tokens_per_s'] / best['pytorch']['tokens_per_s']:.2f}x** "
+          "| | | | | | | | |")
+cad, ref = runs[0][0], runs[1][0]
 print()
-print("Parameters: cadtrain %d, PyTorch %d. FLOPs: PEERS.md convention = 6 x params x tokens + 12 x layers x T^2 x "
-      "width per sequence; causal = cadtrain's training_flops (matmul weights, causal pairs). MFU is against each "
-      "side's own 2048^3 sgemm measured in its run (OpenBLAS 0.3.21: the OpenMP build for cadtrain, the pthread "
-      "build through torch.mm for PyTorch)." % (cad["params"], ref["params"]))
+print(f"Parameters: cadtrain {cad['params']}, PyTorch {ref['params']}. FLOPs: PEERS.md convention = 6 x params x "
+      "tokens + 12 x layers x T^2 x width per sequence; causal = cadtrain's training_flops (matmul weights, causal "
+      "pairs). MFU is against each side's own 2048^3 sgemm (best of before and after its steps; OpenBLAS 0.3.21: the "
+      "OpenMP build for cadtrain, the pthread build through torch.mm for PyTorch).")
 if cad["params"] != ref["params"]:
     print("WARNING: the two models differ in parameter count")
 EOF

@@ -215,6 +215,7 @@ def main():
     print(f"| implementation | PyTorch {torch.__version__} eager, autograd |")
     print(f"| backend | CPU, {torch.get_num_threads()} threads, {torch.__config__.parallel_info().splitlines()[-1].strip()} |")
     print("| core attention | manual softmax(Q K^T / sqrt(D)) V with a causal mask, [B, H, T, T] |")
+    print(f"| OMP_WAIT_POLICY | {os.environ.get('OMP_WAIT_POLICY', '(unset: libgomp spins, then sleeps)')} |")
     print(f"| preset | {a.preset} |")
     print(f"| model | {d['layers']} layers, d_model {d['c']}, {d['heads']} heads ({d['kv_heads']} kv) of {d['head_dim']}, "
           f"SwiGLU ffn {d['ffn']}, vocab {d['vocab']}, tied head |")

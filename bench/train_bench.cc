@@ -13,6 +13,7 @@
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -152,6 +153,8 @@ int run(const Options& opt) {
   fmt::print("| implementation | cadtrain (hand-written forward/backward, C++) |\n");
   fmt::print("| backend | {} |\n| core attention | local reference (sgemm per sequence and head) |\n",
              backend->name());
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
+  fmt::print("| OMP_WAIT_POLICY | {} |\n", wait_policy != nullptr ? wait_policy : "(unset: libgomp spins, then sleeps)");
   fmt::print("| preset | {} |\n", opt.preset);
   fmt::print("| model | {} layers, d_model {}, {} heads ({} kv) of {}, SwiGLU ffn {}, vocab {}, {} head |\n",
              d.n_layers, d.c, d.q_heads, d.kv_heads, d.head_dim, d.ffn, d.vocab, d.tied ? "tied" : "untied");
