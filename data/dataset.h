@@ -64,7 +64,9 @@ struct DatasetWriterOptions {
   std::string tokenizer_model;  // file name relative to the dataset's directory, or empty
   bool with_difficulty = false;
   bool with_answer_mask = false;
-  uint64_t chunk_tokens = 1 << 20;  // HDF5 chunk size of /tokens and /answer_mask
+  // HDF5 chunk size of /tokens and /answer_mask: a read fetches and checksums whole chunks, so
+  // this bounds the cost of reading one short document in shuffled order (256 KiB of tokens).
+  uint64_t chunk_tokens = 1 << 16;
 };
 
 // Streams documents into a new dataset. Data goes to "<path>.tmp" and is renamed to path by

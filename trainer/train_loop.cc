@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <vector>
 
@@ -123,7 +124,8 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
              {"dense FLOPs per token", human(6.0 * static_cast<double>(dims.matmul_params()))},
              {"train data", fmt::format("{} ({} docs, {} tokens)", train_ds.path(), train_ds.num_docs(),
                                         train_ds.num_tokens())},
-             {"threads", fmt::format("{}", omp_get_max_threads())},
+             {"threads", fmt::format("{} (OMP_WAIT_POLICY {})", omp_get_max_threads(),
+                                     std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "unset: spinning")},
              {"sgemm peak (measured)", fmt::format("{:.1f} GFLOP/s", peak_gflops)},
              {"steps", fmt::format("{} -> {}", step, cfg.schedule().total_steps())}});
 
