@@ -5,6 +5,7 @@
 
 #include <hdf5.h>  // HDF5 C API (serial build)
 
+#include <cstdint>      // uint32_t attributes
 #include <mutex>        // std::recursive_mutex, std::unique_lock
 #include <string>       // error messages
 #include <string_view>  // names of datasets and attributes
@@ -143,6 +144,14 @@ inline Space space_1d(hsize_t n) {
 inline void select_1d(const Space& space, hsize_t begin, hsize_t n) {
   check(H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, &begin, nullptr, &n, nullptr),
         "cannot select hyperslab");
+}
+
+// Writes a scalar uint32 attribute on `object` (a file or group). Call with the lock held.
+inline void write_u32_attribute(hid_t object, const char* name, uint32_t value) {
+  const std::string what = fmt::format("cannot write attribute {}", name);
+  auto space = own<Space>(H5Screate(H5S_SCALAR), what);
+  auto attr = own<Attribute>(H5Acreate2(object, name, H5T_STD_U32LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), what);
+  check(H5Awrite(attr.get(), H5T_NATIVE_UINT32, &value), what);
 }
 
 }  // namespace cadtrain::h5

@@ -60,14 +60,6 @@ void write_column(hid_t file, const char* name, hid_t file_type, hid_t mem_type,
   column.close(fmt::format("cannot close {}", name));
 }
 
-void write_u32_attribute(hid_t file, const char* name, uint32_t value) {
-  const std::string what = fmt::format("cannot write attribute {}", name);
-  auto space = h5::own<h5::Space>(H5Screate(H5S_SCALAR), what);
-  auto attr = h5::own<h5::Attribute>(
-      H5Acreate2(file, name, H5T_STD_U32LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), what);
-  h5::check(H5Awrite(attr.get(), H5T_NATIVE_UINT32, &value), what);
-}
-
 // Fixed-length, not variable-length: a variable-length string lives in the global heap, which
 // has no checksum, and HDF5 1.10 loops forever on some corrupt global heaps. A fixed-length string
 // is stored in the checksummed object header. (h5py reads it back as bytes rather than str.)
@@ -216,14 +208,14 @@ void DatasetWriter::Impl::write_metadata() {
     write_column(id, h5::kDifficulty, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, difficulty.data(),
                  difficulty.size());
   }
-  write_u32_attribute(id, h5::kFormatVersion, kDatasetFormatVersion);
-  write_u32_attribute(id, h5::kVocabSize, options.vocab_size);
+  h5::write_u32_attribute(id, h5::kFormatVersion, kDatasetFormatVersion);
+  h5::write_u32_attribute(id, h5::kVocabSize, options.vocab_size);
   write_string_attribute(id, h5::kTokenizer, options.tokenizer);
   if (!options.tokenizer_model.empty()) {
     write_string_attribute(id, h5::kTokenizerModel, options.tokenizer_model);
   }
   // max_token is "the largest id present"; an empty dataset has none.
-  if (written > 0) write_u32_attribute(id, h5::kMaxToken, max_token);
+  if (written > 0) h5::write_u32_attribute(id, h5::kMaxToken, max_token);
 }
 
 void DatasetWriter::Impl::commit() {

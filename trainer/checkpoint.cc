@@ -119,14 +119,6 @@ void write_u64_attribute(hid_t file, const char* name, const uint64_t* values, h
   h5::check(H5Awrite(attr.get(), H5T_NATIVE_UINT64, values), what);
 }
 
-void write_u32_attribute(hid_t file, const char* name, uint32_t value) {
-  const std::string what = fmt::format("cannot write attribute {}", name);
-  auto space = h5::own<h5::Space>(H5Screate(H5S_SCALAR), what);
-  auto attr = h5::own<h5::Attribute>(
-      H5Acreate2(file, name, H5T_STD_U32LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), what);
-  h5::check(H5Awrite(attr.get(), H5T_NATIVE_UINT32, &value), what);
-}
-
 // Variable-length UTF-8, which h5py reads back as str.
 h5::Type string_type(const std::string& what) {
   auto type = h5::own<h5::Type>(H5Tcopy(H5T_C_S1), what);
@@ -149,7 +141,7 @@ void write_config(hid_t file, const std::string& text) {
 
 void write_state(hid_t file, const TrainingState& state) {
   const data::PackerPosition& pos = state.data_position;
-  write_u32_attribute(file, kFormatVersionAttr, kFormatVersion);
+  h5::write_u32_attribute(file, kFormatVersionAttr, kFormatVersion);
   write_u64_attribute(file, kStep, &state.step, 1);
   write_u64_attribute(file, kDataEpoch, &pos.epoch, 1);
   write_u64_attribute(file, kDataDocCursor, &pos.doc_cursor, 1);
