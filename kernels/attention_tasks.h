@@ -1,0 +1,52 @@
+// The core-attention task API: the contract that local attention, ring attention, TokenRing and
+// the attention servers all execute (DESIGN section 3). One call runs many tasks of arbitrary
+// lengths fused together.
+//
+// A task: query rows [q0, q1) and key/value rows [k0, k1) of packed tensors
+//   Q [rows_q, q_heads, D], K and V [rows_kv, kv_heads, D]   (GQA: q head h reads kv head h / group)
+//   O [rows_q, q_heads, D], LSE [rows_q, q_heads] (fp32, natural log, scale included)
+// Causal masking follows the tokens' positions in their document: query row i (position
+// q_pos0 + i - q0) sees key row j (position k_pos0 + j - k0) iff key position <= query position,
+// so a query shard in the middle of a document attends to exactly its causal prefix when given
+// the prefix as its key range. Non-causal tasks see every key. A query row that sees no key gets
+// O = 0 and LSE = -inf (so that merging with another partial is exact).
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+namespace cadtrain::kernels {
+
+struct AttentionTask {
+  int64_t q0 = 0, q1 = 0;          // query rows [q0, q1)
+  int64_t k0 = 0, k1 = 0;          // key/value rows [k0, k1)
+  int64_t q_pos0 = 0, k_pos0 = 0;  // document positions of rows q0 and k0
+  bool causal = true;
+};
+
+struct AttentionDims {
+  int64_t q_heads = 0, kv_heads = 0, head_dim = 0;
+  float softmax_scale = 0;
+};
+
+// Causal (or full) (query, key) pairs of one task: the work its cost model counts.
+uint64_t task_pairs(const AttentionTask& task);
+
+// O and LSE of every task's query rows (rows not covered by any task are left untouched). Tasks
+// that share query rows are not allowed here: split the keys into one task and merge partials.
+void attention_forward_tasks(float* o, float* lse, const float* q, const float* k, const float* v,
+                             std::span<const AttentionTask> tasks, const AttentionDims& dims);
+
+// dQ (overwritten on task rows), dK and dV (accumulated: tasks sharing key rows sum into them;
+// the caller zeroes them first) from dO, O and LSE.
+void attention_backward_tasks(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                              const float* v, const float* o, const float* lse, std::span<const AttentionTask> tasks,
+                              const AttentionDims& dims);
+
+// Merges partial results over disjoint key ranges in place: (o_a, lse_a) <- merge((o_a, lse_a),
+// (o_b, lse_b)), rows x heads of width head_dim. Exact and stable: lse = max + log1p(exp(min-max)),
+// and a side with LSE -inf (no keys) contributes nothing.
+void merge_attention_partials(float* o_a, float* lse_a, const float* o_b, const float* lse_b, int64_t rows,
+                              int64_t heads, int64_t head_dim);
+
+}  // namespace cadtrain::kernels
