@@ -132,3 +132,17 @@ TEST_F(TrainTest, EffectiveConfigIsWrittenBesideTheRun) {
   const auto back = config::load_run_config((dir_ / "cfg" / "config.pbtxt").string());
   EXPECT_EQ(back.model().d_model(), 32u);
 }
+
+TEST_F(TrainTest, UnsupportedSetupFailsBeforeAnyWork) {
+  // A config this build cannot run must fail before generating data or creating the run.
+  for (const std::string& set : {std::string("device=CUDA"), std::string("parallel.data_parallel=2")}) {
+    try {
+      trainer::train(small_config("unsupported", {set}), "test", "");
+      FAIL() << "expected an error for " << set;
+    } catch (const Error& e) {
+      SCOPED_TRACE(e.what());
+    }
+    EXPECT_FALSE(fs::exists(dir_ / "train.h5")) << set;
+    EXPECT_FALSE(fs::exists(dir_ / "unsupported")) << set;
+  }
+}

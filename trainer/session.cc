@@ -11,13 +11,17 @@
 
 namespace cadtrain::trainer {
 
-ModelSession make_model_session(const config::RunConfig& cfg, int64_t max_tokens) {
+void check_supported(const config::RunConfig& cfg) {
   if (cfg.device() != config::CPU) fail("device CUDA: the CUDA training backend is not built yet; use device: CPU");
   if (cfg.attention().strategy() != config::LOCAL) {
     fail("attention.strategy {}: only LOCAL attention is implemented so far",
          config::AttentionStrategy_Name(cfg.attention().strategy()));
   }
   config::check_world_size(cfg, 1);  // single process until the parallel strategies land
+}
+
+ModelSession make_model_session(const config::RunConfig& cfg, int64_t max_tokens) {
+  check_supported(cfg);
   if (cfg.parallel().threads() > 0) omp_set_num_threads(static_cast<int>(cfg.parallel().threads()));
   ModelSession s;
   s.backend = kernels::make_cpu_backend();

@@ -23,8 +23,12 @@ struct ModelSession {
   std::unique_ptr<Model> model;
 };
 
-// Checks that this build can run cfg here (device, strategy, world size) and builds the model
-// for micro-batches of up to max_tokens. Sets the OpenMP thread count from parallel.threads.
+// Throws unless this build can run cfg in this process (device, attention strategy, world size):
+// called before any expensive work such as generating data.
+void check_supported(const config::RunConfig& cfg);
+
+// check_supported(), then builds the model for micro-batches of up to max_tokens. Sets the
+// OpenMP thread count from parallel.threads.
 ModelSession make_model_session(const config::RunConfig& cfg, int64_t max_tokens);
 
 // The model's parameters (and the optimizer's moments when given) as named checkpoint tensors.

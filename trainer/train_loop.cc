@@ -67,6 +67,7 @@ StepBatches next_step_batches(data::Packer& packer, uint32_t count) {
 }  // namespace
 
 TrainResult train(const config::RunConfig& cfg, const std::string& provenance, const std::string& resume_from) {
+  check_supported(cfg);
   const std::string run_dir = config::run_dir(cfg);
   const std::string ckpt_dir = cfg.checkpoint().dir().empty() ? run_dir + "/checkpoints" : cfg.checkpoint().dir();
   fs::create_directories(ckpt_dir);
