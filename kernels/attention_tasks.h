@@ -37,8 +37,9 @@ uint64_t task_pairs(const AttentionTask& task);
 void attention_forward_tasks(float* o, float* lse, const float* q, const float* k, const float* v,
                              std::span<const AttentionTask> tasks, const AttentionDims& dims);
 
-// dQ (overwritten on task rows), dK and dV (accumulated: tasks sharing key rows sum into them;
-// the caller zeroes them first) from dO, O and LSE.
+// dQ (overwritten on task rows; tasks sharing query rows, i.e. split keys, sum into them), dK
+// and dV (accumulated: tasks sharing key rows sum into them; the caller zeroes them first) from
+// dO, O and LSE (for split keys: the merged O and LSE).
 void attention_backward_tasks(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                               const float* v, const float* o, const float* lse, std::span<const AttentionTask> tasks,
                               const AttentionDims& dims);

@@ -44,4 +44,8 @@ class CoreAttention {
 // sequence and head; memory O(longest sequence^2) per thread).
 std::unique_ptr<CoreAttention> make_local_reference_attention();
 
+// Attention computed on this rank by the fused CPU task kernel (kernels/attention_tasks.h): one
+// causal task per sequence, tiled online softmax; memory O(N x heads) plus per-thread tiles.
+std::unique_ptr<CoreAttention> make_local_task_attention();
+
 }  // namespace cadtrain::kernels
