@@ -129,6 +129,28 @@ void sort_by_cost(std::vector<Item>& items) {
   std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
 }
 
+// Backward work items: every group's absolute rows [lo, hi) cut into blocks of `block` rows, one
+// item per (block, kv head), costed base_cost + the sum over the group's tasks of
+// cost_of(task, block_lo, block_hi); most expensive first.
+template <typename CostOf>
+std::vector<Item> block_items(const std::vector<Group>& groups, int64_t block, int64_t kv_heads, int64_t base_cost,
+                              CostOf cost_of) {
+  std::vector<Item> items;
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    const Group& grp = groups[gi];
+    for (int64_t a = grp.lo; a < grp.hi; a += block) {
+      const int64_t b = std::min(grp.hi, a + block);
+      int64_t cost = base_cost;
+      for (const int32_t ti : grp.tasks) cost += cost_of(ti, a, b);
+      for (int64_t g = 0; g < kv_heads; ++g) {
+        items.push_back({cost, static_cast<int32_t>(gi), static_cast<int32_t>(g), a, b});
+      }
+    }
+  }
+  sort_by_cost(items);
+  return items;
+}
+
 // Common strides and pointers.
 struct Ctx {
   int64_t G = 1, D = 0, ldq = 0, ldk = 0, hq = 0;
@@ -504,21 +526,11 @@ void attention_backward_tasks(float* dq, float* dk, float* dv, const float* dout
   }
 
   // Pass 1: dK, dV per (key group, kv head, key block of kKeyBlock absolute rows).
-  std::vector<Item> items;
-  for (size_t gi = 0; gi < kgroups.size(); ++gi) {
-    const Group& grp = kgroups[gi];
-    for (int64_t a = grp.lo; a < grp.hi; a += kKeyBlock) {
-      const int64_t b = std::min(grp.hi, a + kKeyBlock);
-      int64_t cost = 0;
-      for (int32_t ti : grp.tasks) {
-        const AttentionTask& t = tasks[ti];
-        const int64_t lo = std::max(a, t.k0), hi = std::min(b, t.k1);
-        if (hi > lo) cost += Geom(t).pairs_keys(lo - t.k0, hi - t.k0);
-      }
-      for (int64_t g = 0; g < dims.kv_heads; ++g) items.push_back({cost, static_cast<int32_t>(gi), bi(g), a, b});
-    }
-  }
-  sort_by_cost(items);
+  std::vector<Item> items = block_items(kgroups, kKeyBlock, dims.kv_heads, 0, [&](int32_t ti, int64_t a, int64_t b) {
+    const AttentionTask& t = tasks[ti];
+    const int64_t lo = std::max(a, t.k0), hi = std::min(b, t.k1);
+    return hi > lo ? Geom(t).pairs_keys(lo - t.k0, hi - t.k0) : int64_t{0};
+  });
 #pragma omp parallel for schedule(dynamic, 1) num_threads(blas_caller_threads())
   for (size_t it = 0; it < items.size(); ++it) {
     const Item& item = items[it];
@@ -585,21 +597,11 @@ void attention_backward_tasks(float* dq, float* dk, float* dv, const float* dout
 
   // Pass 2: dQ per (query group, kv head, query block of bq absolute rows), summed over the tasks
   // of the group (split-key tasks of the same rows add up), then written over dq.
-  items.clear();
-  for (size_t gi = 0; gi < qgroups.size(); ++gi) {
-    const Group& grp = qgroups[gi];
-    for (int64_t a = grp.lo; a < grp.hi; a += bq) {
-      const int64_t b = std::min(grp.hi, a + bq);
-      int64_t cost = 1;
-      for (int32_t ti : grp.tasks) {
-        const AttentionTask& t = tasks[ti];
-        const int64_t lo = std::max(a, t.q0), hi = std::min(b, t.q1);
-        if (hi > lo) cost += Geom(t).pairs_rows(lo - t.q0, hi - t.q0);
-      }
-      for (int64_t g = 0; g < dims.kv_heads; ++g) items.push_back({cost, static_cast<int32_t>(gi), bi(g), a, b});
-    }
-  }
-  sort_by_cost(items);
+  items = block_items(qgroups, bq, dims.kv_heads, 1, [&](int32_t ti, int64_t a, int64_t b) {
+    const AttentionTask& t = tasks[ti];
+    const int64_t lo = std::max(a, t.q0), hi = std::min(b, t.q1);
+    return hi > lo ? Geom(t).pairs_rows(lo - t.q0, hi - t.q0) : int64_t{0};
+  });
 #pragma omp parallel for schedule(dynamic, 1) num_threads(blas_caller_threads())
   for (size_t it = 0; it < items.size(); ++it) {
     const Item& item = items[it];
