@@ -124,9 +124,11 @@ int main(int argc, char** argv) {
       add_flops("lm_head_cross_entropy fwd+bwd", shape, 3 * flops, reps, [&] { be.lm_head_cross_entropy(a); });
     }
 
-    // Reference core attention; FLOPs count causal pairs only: T(T+1)/2 per sequence.
-    {
-      auto attn = make_local_reference_attention();
+    // Core attention, reference and fused task kernels; FLOPs count causal pairs only: T(T+1)/2
+    // per sequence.
+    for (const bool fused : {false, true}) {
+      auto attn = fused ? make_local_task_attention() : make_local_reference_attention();
+      const char* kind = fused ? "fused" : "reference";
       const size_t qsize = n * H * D;
       Buffer q(be, qsize, 11), k(be, qsize, 12), v(be, qsize, 13), o(be, qsize, 14), lse(be, n * H, 15);
       Buffer dout(be, qsize, 16), dq(be, qsize, 17), dk(be, qsize, 18), dv(be, qsize, 19);
@@ -137,9 +139,9 @@ int main(int argc, char** argv) {
       const double pairs = static_cast<double>(layout.n_seqs) * T * (T + 1) / 2;
       const double fwd = 4.0 * pairs * D * H;
       const std::string desc = fmt::format("{} x {} heads x {}, T {}", n, H, D, T);
-      add_flops("attention reference fwd", desc, fwd, repeats,
+      add_flops(fmt::format("attention {} fwd", kind), desc, fwd, repeats,
                 [&] { attn->forward(o.p, lse.p, q.p, k.p, v.p, shape, layout); });
-      add_flops("attention reference bwd", desc, 2.5 * fwd, repeats,
+      add_flops(fmt::format("attention {} bwd", kind), desc, 2.5 * fwd, repeats,
                 [&] { attn->backward(dq.p, dk.p, dv.p, dout.p, q.p, k.p, v.p, o.p, lse.p, shape, layout); });
     }
 

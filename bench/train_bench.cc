@@ -45,6 +45,7 @@ struct Options {
   int threads = 0;     // 0: OpenMP's default (OMP_NUM_THREADS or all cores)
   uint64_t seed = 1234;
   int sgemm_n = 2048;
+  std::string attention = "tasks";  // core attention kernel: tasks (fused, the default) or reference
   std::string json_path;
 };
 
@@ -131,7 +132,8 @@ int run(const Options& opt) {
   const int64_t N = B * T;
 
   auto backend = kernels::make_cpu_backend();
-  auto attention = kernels::make_local_reference_attention();
+  auto attention = opt.attention == "reference" ? kernels::make_local_reference_attention()
+                                                : kernels::make_local_task_attention();
   trainer::Model model(mcfg, N, *backend, *attention);
   model.init_weights(opt.seed);
   config::OptimizerConfig ocfg;  // AdamW b1 0.9, b2 0.95, eps 1e-8, wd 0.1 (not on norms), clip 1.0
@@ -151,8 +153,9 @@ int run(const Options& opt) {
 
   fmt::print("| parameter | value |\n|---|---|\n");
   fmt::print("| implementation | cadtrain (hand-written forward/backward, C++) |\n");
-  fmt::print("| backend | {} |\n| core attention | local reference (sgemm per sequence and head) |\n",
-             backend->name());
+  fmt::print("| backend | {} |\n| core attention | {} |\n", backend->name(),
+             opt.attention == "reference" ? "local reference (sgemm per sequence and head)"
+                                          : "local fused tasks (kernels/cpu/attention_tasks.cc)");
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
   fmt::print("| OMP_WAIT_POLICY | {} |\n", wait_policy != nullptr ? wait_policy : "(unset: libgomp spins, then sleeps)");
   fmt::print("| preset | {} |\n", opt.preset);
@@ -270,6 +273,7 @@ int run(const Options& opt) {
     nlohmann::json j;
     j["impl"] = "cadtrain";
     j["preset"] = opt.preset;
+    j["attention"] = opt.attention;
     j["batch"] = B;
     j["seq"] = T;
     j["threads"] = omp_get_max_threads();
@@ -311,6 +315,8 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--seed", opt.seed, "weights and tokens seed");
   app.add_option("--sgemm-size", opt.sgemm_n, "n of the n^3 sgemm reference")->check(CLI::PositiveNumber);
+  app.add_option("--attention", opt.attention, "core attention kernel: tasks (fused) or reference")
+      ->check(CLI::IsMember({"tasks", "reference"}));
   app.add_option("--json", opt.json_path, "also write the summary as JSON here");
   CLI11_PARSE(app, argc, argv);
   try {

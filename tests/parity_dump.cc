@@ -27,7 +27,7 @@
 #include "common/rng.h"          // Rng: deterministic batches and perturbations
 #include "configs/config.h"      // parse_run_config
 #include "kernels/backend.h"     // make_cpu_backend
-#include "kernels/core_attention.h"  // make_local_reference_attention
+#include "kernels/core_attention.h"  // make_local_task_attention
 #include "trainer/batch.h"       // batch_view
 #include "trainer/model.h"       // trainer::Model, Batch
 
@@ -156,7 +156,7 @@ void run_case(const Case& c, const std::string& out_path) {
   const trainer::Batch view = trainer::batch_view(batch);
 
   auto be = kernels::make_cpu_backend();
-  auto attention = kernels::make_local_reference_attention();
+  auto attention = kernels::make_local_task_attention();
   trainer::Model model(cfg, view.n, *be, *attention);
   model.init_weights(5);
   trainer::ParameterSet& params = model.params();

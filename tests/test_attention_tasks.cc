@@ -170,9 +170,11 @@ void expect_matches_reference_once(const Problem& pb, Result ref, const std::str
   match_infinities(got.lse, ref.lse);
   expect_close(got.o, ref.o, 2e-5, "O");
   expect_close(got.lse, ref.lse, 1e-5, "LSE");
-  // With one visible key dQ and dK are exactly 0 (dS = 0): the floor admits the float residue.
-  expect_close(got.dq, ref.dq, 1e-4, "dQ", 1e-2);
-  expect_close(got.dk, ref.dk, 1e-4, "dK", 1e-2);
+  // With one visible key dQ and dK are exactly 0 (dS = dP - D_i = 0): the floor admits the float
+  // residue of that cancellation, dP summed in float against D_i in double (up to 1.0e-6 seen in
+  // the sanitizer build, which has no FMA; the floor x rtol admits 3e-6).
+  expect_close(got.dq, ref.dq, 1e-4, "dQ", 3e-2);
+  expect_close(got.dk, ref.dk, 1e-4, "dK", 3e-2);
   expect_close(got.dv, ref.dv, 1e-4, "dV", 1e-2);
   // Work runs in any order on any thread; results do not depend on it.
   const Out again = run(pb);

@@ -21,7 +21,7 @@ namespace {
 
 struct Fixture {
   std::unique_ptr<kernels::Backend> be = kernels::make_cpu_backend();
-  std::unique_ptr<kernels::CoreAttention> attn = kernels::make_local_reference_attention();
+  std::unique_ptr<kernels::CoreAttention> attn = kernels::make_local_task_attention();
   std::unique_ptr<Model> model;
   explicit Fixture(const config::ModelConfig& cfg, int64_t max_tokens = 64) {
     model = std::make_unique<Model>(cfg, max_tokens, *be, *attn);

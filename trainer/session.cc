@@ -25,7 +25,7 @@ ModelSession make_model_session(const config::RunConfig& cfg, int64_t max_tokens
   if (cfg.parallel().threads() > 0) omp_set_num_threads(static_cast<int>(cfg.parallel().threads()));
   ModelSession s;
   s.backend = kernels::make_cpu_backend();
-  s.attention = kernels::make_local_reference_attention();
+  s.attention = kernels::make_local_task_attention();
   s.model = std::make_unique<Model>(cfg.model(), max_tokens, *s.backend, *s.attention);
   return s;
 }

@@ -1,19 +1,21 @@
 // The CPU task attention (DESIGN section 3, contract in kernels/attention_tasks.h): fused,
-// FlashAttention-2 style. Forward: for each (task, kv head, query block) the query rows of the
-// group's q heads are packed into one tile [G*rows, D] (G = q heads per kv head), and the kernel
-// walks the key blocks the causal mask does not fully exclude with an online softmax (running max
-// m and sum l per row, O accumulated in fp32, rescaled by e^(m_old - m_new)); LSE = m + log l.
-// Backward recomputes P = e^(S - LSE) tile by tile in two passes, each owning what it writes:
-//   pass 1, per (key group, kv head, key block): dV += P^T dO, dK += scale dS^T Q;
-//   pass 2, per (query group, kv head, query block): dQ = scale sum dS K.
-// (dS = P (dP - D), dP = dO V^T, D_i = rowsum(dO_i O_i).) A "group" is a set of tasks whose key
-// (pass 1) or query (pass 2) rows overlap, so tasks sharing rows sum into them without races.
-// Work items are sorted by their causal pairs, costliest first, and scheduled dynamically.
-// sgemm on the tiles runs inside our parallel region, where the OpenMP build of OpenBLAS stays on
-// the calling thread. Extra memory: D_i [rows, q_heads] plus per-thread tiles.
+// FlashAttention-2 style, on the register-blocked tile products of kernels/cpu/tile_gemm.h.
+// Forward, per (task, kv head, query block): for each key block the causal mask does not fully
+// exclude, K^T and V are packed once for the group's G q heads; per head, S = scale Q K^T (up to
+// each row's causal edge), online softmax (running max m and sum l per row, O rescaled by
+// e^(m_old - m_new)), O += P V straight into the output rows; finally O /= l, LSE = m + log l.
+// Backward recomputes P = e^(S - LSE) tile by tile (backward_tile: dV += P^T dO, dP = dO V^T,
+// dS = P (dP - D_i), dK += scale dS^T Q, dQ += scale dS K; D_i = rowsum(dO_i O_i)) in one of two
+// orders, each writing only what its work item owns:
+//   single pass, per (component of tasks sharing rows, kv head): query blocks outer, key blocks
+//     inner, dQ in a tile, dK and dV straight into the component's rows (5 products per tile);
+//   two passes, when one component would dominate: per (key group, kv head, key block) dK and dV,
+//     then per (query group, kv head, query block) dQ (7 products per tile, finer work items).
+// A "group" is a set of tasks whose key (pass 1) or query (pass 2) rows overlap, so tasks sharing
+// rows sum into them without races. Work items are sorted by causal pairs, costliest first, and
+// scheduled dynamically. Extra memory: D_i [rows, q_heads] plus per-thread tiles.
 #include "kernels/attention_tasks.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -26,6 +28,7 @@
 #include "kernels/core_attention.h"
 #include "kernels/cpu/cpu_math.h"
 #include "kernels/cpu/cpu_util.h"
+#include "kernels/cpu/tile_gemm.h"
 
 namespace cadtrain::kernels {
 
@@ -36,11 +39,11 @@ using cpu::scratch;
 
 constexpr int64_t kKeyBlock = 256;  // key rows per tile
 
-// Query rows per tile: the packed tile has G * rows rows; aim for 64-128 of them.
-int64_t query_block(int64_t group) { return std::clamp<int64_t>(256 / group, 32, 128); }
+// Query rows per work item; the backward stacks the G q heads of a kv head, G * rows in all.
+int64_t query_block(int64_t group) { return std::clamp<int64_t>(512 / group, 32, 256); }
 
-// See attention_reference.cc: OpenBLAS has a fixed table of per-call buffers.
-int blas_caller_threads() { return std::min(omp_get_max_threads(), 64); }
+// Threads of the parallel loops (tile_gemm keeps no per-call state beyond thread_local buffers).
+int worker_threads() { return omp_get_max_threads(); }
 
 // sum over x in [x0, x1) of clamp(c + x, 0, cap), in closed form.
 int64_t sum_clamped(int64_t x0, int64_t x1, int64_t c, int64_t cap) {
@@ -171,33 +174,195 @@ void pack_rows(float* dst, const float* src, const Ctx& c, int64_t g, int64_t ro
 
 int bi(int64_t v) { return static_cast<int>(v); }  // tile dimensions, all checked to fit
 
+// Per-thread tiles, reused across calls.
 thread_local std::vector<float> t_q, t_do, t_s, t_dp, t_acc, t_acc2, t_row;
+thread_local std::vector<float> t_qpan, t_dopan, t_kt, t_vt, t_kpan, t_vpan;  // packed panels
+thread_local std::vector<int64_t> t_lim;  // per-row causal limits
 
-// P = e^(S - lse) on the valid columns of each packed row, 0 elsewhere (and on rows with no
-// key). S [G*n, kc]; row (h, i) is task-local query row r_first + i; keys are local [j0, j0+kc).
-void recompute_probs(float* S, const float* lse_p, const Geom& geo, int64_t G, int64_t n, int64_t r_first,
-                     int64_t j0, int64_t kc) {
-  for (int64_t h = 0; h < G; ++h) {
-    for (int64_t i = 0; i < n; ++i) {
-      float* row = S + (h * n + i) * kc;
-      const float l = lse_p[h * n + i];
-      const int64_t valid = std::isinf(l) ? 0 : std::clamp<int64_t>(geo.visible(r_first + i) - j0, 0, kc);
-#pragma omp simd
-      for (int64_t j = 0; j < valid; ++j) row[j] = fast_exp(row[j] - l);
-      std::fill(row + valid, row + kc, 0.0f);
-    }
+// For task-local query rows [r0, r0 + n) of `copies` stacked heads and keys [j0, j0 + kc):
+// valid[h * n + i] = the keys row i sees; fill_end = the most any row of its tile_gemm row block
+// sees, the end up to which its probabilities must be zero past valid (the products run that far
+// for the whole block).
+void visible_in_block(int64_t* valid, int64_t* fill_end, const Geom& geo, int64_t r0, int64_t n, int64_t copies,
+                      int64_t j0, int64_t kc) {
+  for (int64_t i = 0; i < n; ++i) valid[i] = std::clamp<int64_t>(geo.visible(r0 + i) - j0, 0, kc);
+  for (int64_t h = 1; h < copies; ++h) std::copy(valid, valid + n, valid + h * n);
+  const int64_t rows = copies * n;
+  for (int64_t b = 0; b < rows; b += cpu::kTileRows) {
+    const int64_t e = std::min(rows, b + cpu::kTileRows);
+    const int64_t most = *std::max_element(valid + b, valid + e);
+    std::fill(fill_end + b, fill_end + e, most);
   }
 }
 
-// dS = P (dP - D_i) in place of P.
-void probs_to_dscores(float* S, const float* dP, const float* d_p, int64_t rows, int64_t kc) {
+// One key block's step of the online softmax on `rows` rows of scores S [rows, kc], in place:
+// P = e^(S - m_new) on each row's valid columns, 0 from there to fill_end; m, l updated; O rows
+// (stride ldo) rescaled by e^(m_old - m_new) when they already hold earlier blocks (`rescale`).
+// Inlined: out of line, GCC 12 made it twice as slow (measured), its loops no longer fused with
+// the caller's knowledge of the pointers.
+[[gnu::always_inline]] inline void online_softmax(float* S, float* O, int64_t ldo, int64_t D, float* m, float* l, const int64_t* valid,
+                    const int64_t* fill_end, int64_t rows, int64_t kc, bool rescale) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* row = S + i * kc;
+    const int64_t nv = valid[i];
+    std::fill(row + nv, row + fill_end[i], 0.0f);
+    if (nv == 0) continue;
+    float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < nv; ++j) mx = std::max(mx, row[j]);
+    const float m_new = std::max(m[i], mx);
+    float sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < nv; ++j) {
+      const float e = fast_exp(row[j] - m_new);
+      row[j] = e;
+      sum += e;
+    }
+    // A row sees keys from the first block on, so O is only rescaled after it.
+    if (rescale && m[i] != m_new) {
+      const float alpha = fast_exp(m[i] - m_new);
+      float* orow = O + i * ldo;
+#pragma omp simd
+      for (int64_t e = 0; e < D; ++e) orow[e] *= alpha;
+      l[i] *= alpha;
+    }
+    l[i] += sum;
+    m[i] = m_new;
+  }
+}
+
+// P = e^(S - lse) on each row's valid columns, 0 on the rest of [0, kc) (and on rows with no key).
+void recompute_probs(float* S, const float* lse_p, const int64_t* valid, int64_t rows, int64_t kc) {
+  for (int64_t p = 0; p < rows; ++p) {
+    float* row = S + p * kc;
+    const float l = lse_p[p];
+    const int64_t nv = std::isinf(l) ? 0 : valid[p];
+#pragma omp simd
+    for (int64_t j = 0; j < nv; ++j) row[j] = fast_exp(row[j] - l);
+    std::fill(row + nv, row + kc, 0.0f);
+  }
+}
+
+// dS = P (dP - D_i) in place of P, on the valid columns (P and so dS are 0 past them; dP is not
+// computed there).
+void probs_to_dscores(float* S, const float* dP, const float* d_p, const int64_t* valid, int64_t rows, int64_t kc) {
   for (int64_t p = 0; p < rows; ++p) {
     float* row = S + p * kc;
     const float* dprow = dP + p * kc;
     const float di = d_p[p];
 #pragma omp simd
-    for (int64_t j = 0; j < kc; ++j) row[j] *= dprow[j] - di;
+    for (int64_t j = 0; j < valid[p]; ++j) row[j] *= dprow[j] - di;
   }
+}
+
+// Per-thread state of the backward for one (query block, kv head): the group's G heads stacked,
+// M = G * n rows. Packed once per query block, used against every key block.
+struct QueryTile {
+  int64_t n = 0, M = 0, r0 = 0;  // rows, stacked rows, first task-local row
+  float* Q = nullptr;           // [M, D]
+  float* dO = nullptr;          // [M, D]
+  float* Qpan = nullptr;        // Q and dO in panels, head by head (G blocks of packed_size(D, n)):
+  float* dOpan = nullptr;       // the B operands of dK and dV (when needed)
+  float* lse = nullptr;         // [M]
+  float* dsum = nullptr;        // [M]
+};
+
+// Per-thread state for one key block [j0, j0 + kc) of a task and kv head.
+struct KeyTile {
+  int64_t j0 = 0, kc = 0;
+  float* Kt = nullptr;    // K^T panels: B of S = Q K^T
+  float* Vt = nullptr;    // V^T panels: B of dP = dO V^T
+  float* Kpan = nullptr;  // K panels: B of dQ += dS K (when needed)
+};
+
+// Packs the query block's rows (task-local [r0, r0 + n)) of kv head g; `panels` also for dK, dV.
+QueryTile pack_query_tile(const float* q, const float* dout, const float* lse, const float* dsum, const Ctx& c,
+                          const AttentionTask& task, int64_t g, int64_t r0, int64_t n, bool panels) {
+  QueryTile t;
+  t.n = n;
+  t.M = c.G * n;
+  t.r0 = r0;
+  const int64_t D = c.D, row0 = task.q0 + r0;
+  t.Q = scratch(t_q, t.M * D);
+  t.dO = scratch(t_do, t.M * D);
+  t.lse = scratch(t_row, 2 * t.M);
+  t.dsum = t.lse + t.M;
+  pack_rows(t.Q, q, c, g, row0, n);
+  pack_rows(t.dO, dout, c, g, row0, n);
+  for (int64_t h = 0; h < c.G; ++h) {
+    for (int64_t i = 0; i < n; ++i) {
+      t.lse[h * n + i] = lse[(row0 + i) * c.hq + g * c.G + h];
+      t.dsum[h * n + i] = dsum[(row0 + i) * c.hq + g * c.G + h];
+    }
+  }
+  if (panels) {
+    t.Qpan = scratch(t_qpan, cpu::packed_size(D, t.M));
+    t.dOpan = scratch(t_dopan, cpu::packed_size(D, t.M));
+    const int64_t per_head = cpu::packed_size(D, n);
+    for (int64_t h = 0; h < c.G; ++h) {
+      cpu::pack_panels(t.Qpan + h * per_head, t.Q + h * n * D, D, n, D);
+      cpu::pack_panels(t.dOpan + h * per_head, t.dO + h * n * D, D, n, D);
+    }
+  }
+  return t;
+}
+
+// Packs key rows [j0, j0 + kc) (task-local) of kv head g; `k_panels` also for dQ.
+KeyTile pack_key_tile(const float* k, const float* v, const Ctx& c, const AttentionTask& task, int64_t g, int64_t j0,
+                      int64_t kc, bool k_panels) {
+  KeyTile t;
+  t.j0 = j0;
+  t.kc = kc;
+  const int64_t D = c.D, off = (task.k0 + j0) * c.ldk + g * D;
+  t.Kt = scratch(t_kt, cpu::packed_size(kKeyBlock, D));
+  t.Vt = scratch(t_vt, cpu::packed_size(kKeyBlock, D));
+  cpu::pack_transposed(t.Kt, k + off, c.ldk, kc, D);
+  cpu::pack_transposed(t.Vt, v + off, c.ldk, kc, D);
+  if (k_panels) {
+    t.Kpan = scratch(t_kpan, cpu::packed_size(D, kKeyBlock));
+    cpu::pack_panels(t.Kpan, k + off, c.ldk, kc, D);
+  }
+  return t;
+}
+
+// Where one (query tile, key tile) pair adds its gradients; a null pointer skips that product.
+struct TileGrads {
+  float* dK = nullptr;  // [kc, D] rows of the key block, row stride ld_kv
+  float* dV = nullptr;
+  int64_t ld_kv = 0;
+  float* dQ = nullptr;  // [M, D], row stride D
+};
+
+// The FlashAttention-2 backward of one tile: S = scale Q K^T, P = e^(S - lse), dV += P^T dO,
+// dP = dO V^T, dS = P (dP - D_i), dK += scale dS^T Q, dQ += scale dS K.
+void backward_tile(const QueryTile& qt, const KeyTile& kt, const Geom& geo, const Ctx& c, const TileGrads& out) {
+  const int64_t M = qt.M, n = qt.n, kc = kt.kc, D = c.D;
+  float* S = scratch(t_s, M * kKeyBlock);
+  float* dP = scratch(t_dp, M * kKeyBlock);
+  int64_t* valid = scratch(t_lim, 2 * M + kc);
+  int64_t* fill_end = valid + M;
+  int64_t* first_row = fill_end + M;  // per key of the block: the first row of the block that sees it
+  visible_in_block(valid, fill_end, geo, qt.r0, n, c.G, kt.j0, kc);
+  for (int64_t j = 0; j < kc; ++j) first_row[j] = std::clamp<int64_t>(geo.first_row(kt.j0 + j) - qt.r0, 0, n);
+  const int64_t per_head = cpu::packed_size(D, n);
+  cpu::tile_gemm(S, kc, {qt.Q, D, 1}, kt.Kt, M, kc, D, c.scale, false, {valid, nullptr, nullptr});
+  recompute_probs(S, qt.lse, valid, M, kc);
+  // dV, dK: per head, P^T's row j (a key) only has terms from the rows that see it.
+  if (out.dV) {
+    for (int64_t h = 0; h < c.G; ++h) {
+      cpu::tile_gemm(out.dV, out.ld_kv, {S + h * n * kc, 1, kc}, qt.dOpan + h * per_head, kc, D, n, 1.0f, true,
+                     {nullptr, nullptr, first_row});
+    }
+  }
+  cpu::tile_gemm(dP, kc, {qt.dO, D, 1}, kt.Vt, M, kc, D, 1.0f, false, {valid, nullptr, nullptr});
+  probs_to_dscores(S, dP, qt.dsum, valid, M, kc);
+  if (out.dK) {
+    for (int64_t h = 0; h < c.G; ++h) {
+      cpu::tile_gemm(out.dK, out.ld_kv, {S + h * n * kc, 1, kc}, qt.Qpan + h * per_head, kc, D, n, c.scale, true,
+                     {nullptr, nullptr, first_row});
+    }
+  }
+  if (out.dQ) cpu::tile_gemm(out.dQ, D, {S, kc, 1}, kt.Kpan, M, D, kc, c.scale, true, {nullptr, fill_end, nullptr});
 }
 
 // Connected components of tasks linked by shared query or key rows: one component owns its dQ
@@ -250,7 +415,7 @@ bool use_single_pass(std::span<const AttentionTask> tasks, const std::vector<Gro
   }
   // An item is one component's cost (one kv head); with T threads and LPT scheduling the step
   // ends within (total / T + biggest): keep biggest within half a thread's share.
-  const int64_t threads = blas_caller_threads();
+  const int64_t threads = worker_threads();
   return total > 0 && biggest * 2 * threads <= total * kv_heads;
 }
 
@@ -266,17 +431,12 @@ void backward_single_pass(float* dq, float* dk, float* dv, const float* dout, co
     for (int64_t g = 0; g < kv_heads; ++g) items.push_back({cost, static_cast<int32_t>(ci), bi(g), 0, 0});
   }
   sort_by_cost(items);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(blas_caller_threads())
+#pragma omp parallel for schedule(dynamic, 1) num_threads(worker_threads())
   for (size_t it = 0; it < items.size(); ++it) {
     const Item& item = items[it];
     const std::vector<int32_t>& comp = comps[item.unit];
-    const int64_t g = item.kv_head, Mmax = c.G * bq;
-    float* Qp = scratch(t_q, Mmax * D);
-    float* dOp = scratch(t_do, Mmax * D);
-    float* S = scratch(t_s, Mmax * kKeyBlock);
-    float* dP = scratch(t_dp, Mmax * kKeyBlock);
-    float* dQt = scratch(t_acc, Mmax * D);
-    float* rowv = scratch(t_row, 2 * Mmax);
+    const int64_t g = item.kv_head;
+    float* dQt = scratch(t_acc, c.G * bq * D);
     // dQ rows of the group's heads: zero, then every task adds its share.
     for (int32_t ti : comp) {
       for (int64_t r = tasks[ti].q0; r < tasks[ti].q1; ++r) std::fill_n(dq + r * c.ldq + g * c.G * D, c.G * D, 0.0f);
@@ -285,35 +445,16 @@ void backward_single_pass(float* dq, float* dk, float* dv, const float* dout, co
       const AttentionTask& task = tasks[ti];
       const Geom geo(task);
       for (int64_t r0 = 0; r0 < geo.nq; r0 += bq) {
-        const int64_t n = std::min(bq, geo.nq - r0), M = c.G * n, row0 = task.q0 + r0;
+        const int64_t n = std::min(bq, geo.nq - r0), row0 = task.q0 + r0;
         const int64_t key_end = geo.visible(r0 + n - 1);
         if (key_end == 0) continue;
-        pack_rows(Qp, q, c, g, row0, n);
-        pack_rows(dOp, dout, c, g, row0, n);
-        for (int64_t h = 0; h < c.G; ++h) {
-          for (int64_t i = 0; i < n; ++i) {
-            rowv[h * n + i] = lse[(row0 + i) * c.hq + g * c.G + h];
-            rowv[M + h * n + i] = dsum[(row0 + i) * c.hq + g * c.G + h];
-          }
-        }
-        std::fill(dQt, dQt + M * D, 0.0f);
+        const QueryTile qt = pack_query_tile(q, dout, lse, dsum, c, task, g, r0, n, true);
+        std::fill(dQt, dQt + qt.M * D, 0.0f);
         for (int64_t j0 = 0; j0 < key_end; j0 += kKeyBlock) {
-          const int64_t kc = std::min(kKeyBlock, key_end - j0);
+          const KeyTile kt = pack_key_tile(k, v, c, task, g, j0, std::min(kKeyBlock, key_end - j0), true);
+          // dK and dV straight into the owned rows
           const int64_t koff = (task.k0 + j0) * c.ldk + g * D;
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bi(M), bi(kc), bi(D), c.scale, Qp, bi(D), k + koff,
-                      bi(c.ldk), 0.0f, S, bi(kc));
-          recompute_probs(S, rowv, geo, c.G, n, r0, j0, kc);
-          // dV[keys] += P^T dOp, straight into the owned rows
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, bi(kc), bi(D), bi(M), 1.0f, S, bi(kc), dOp, bi(D),
-                      1.0f, dv + koff, bi(c.ldk));
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bi(M), bi(kc), bi(D), 1.0f, dOp, bi(D), v + koff,
-                      bi(c.ldk), 0.0f, dP, bi(kc));
-          probs_to_dscores(S, dP, rowv + M, M, kc);
-          // dK[keys] += scale dS^T Qp; dQt += scale dS K[keys]
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, bi(kc), bi(D), bi(M), c.scale, S, bi(kc), Qp, bi(D),
-                      1.0f, dk + koff, bi(c.ldk));
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bi(M), bi(D), bi(kc), c.scale, S, bi(kc), k + koff,
-                      bi(c.ldk), 1.0f, dQt, bi(D));
+          backward_tile(qt, kt, geo, c, {dk + koff, dv + koff, c.ldk, dQt});
         }
         for (int64_t h = 0; h < c.G; ++h) {
           for (int64_t i = 0; i < n; ++i) {
@@ -395,81 +536,60 @@ void attention_forward_tasks(float* o, float* lse, const float* q, const float* 
   }
   sort_by_cost(items);
   const int64_t D = c.D;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(blas_caller_threads())
+#pragma omp parallel for schedule(dynamic, 1) num_threads(worker_threads())
   for (size_t it = 0; it < items.size(); ++it) {
     const Item& item = items[it];
     const AttentionTask& task = tasks[item.unit];
     const Geom geo(task);
-    const int64_t n = item.r1 - item.r0, M = c.G * n, g = item.kv_head;
-    float* Qp = scratch(t_q, M * D);
-    float* S = scratch(t_s, M * kKeyBlock);
-    float* acc = scratch(t_acc, M * D);
-    float* ml = scratch(t_row, 2 * M);  // running max m, then running sum l
-    float* m = ml;
-    float* l = ml + M;
-    pack_rows(Qp, q, c, g, task.q0 + item.r0, n);
-    std::fill(acc, acc + M * D, 0.0f);
-    std::fill(m, m + M, -INFINITY);
-    std::fill(l, l + M, 0.0f);
+    const int64_t n = item.r1 - item.r0, M = c.G * n, row0 = task.q0 + item.r0;
+    float* S = scratch(t_s, n * kKeyBlock);
+    float* Kp = scratch(t_kt, cpu::packed_size(kKeyBlock, D));
+    float* Vp = scratch(t_vpan, cpu::packed_size(D, kKeyBlock));
+    float* ml = scratch(t_row, 2 * M);       // running max m, then running sum l, per (head, row)
+    int64_t* lim = scratch(t_lim, 2 * n);  // keys of the block each row sees, then the zero-fill end
+    int64_t* valid = lim;
+    int64_t* fill_end = lim + n;
+    std::fill(ml, ml + M, -INFINITY);
+    std::fill(ml + M, ml + 2 * M, 0.0f);
     const int64_t key_end = geo.visible(item.r1 - 1);  // the block's last row sees the most keys
+    const float* Kg = k + task.k0 * c.ldk + item.kv_head * D;
+    const float* Vg = v + task.k0 * c.ldk + item.kv_head * D;
     for (int64_t j0 = 0; j0 < key_end; j0 += kKeyBlock) {
       const int64_t kc = std::min(kKeyBlock, key_end - j0);
-      const float* Kg = k + task.k0 * c.ldk + g * D;
-      const float* Vg = v + task.k0 * c.ldk + g * D;
-      // S[M, kc] = scale * Qp K[j0:j0+kc]^T
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bi(M), bi(kc), bi(D), c.scale, Qp, bi(D),
-                  Kg + j0 * c.ldk, bi(c.ldk), 0.0f, S, bi(kc));
+      visible_in_block(valid, fill_end, geo, item.r0, n, 1, j0, kc);
+      cpu::pack_transposed(Kp, Kg + j0 * c.ldk, c.ldk, kc, D);  // both shared by the group's q heads
+      cpu::pack_panels(Vp, Vg + j0 * c.ldk, c.ldk, kc, D);
       for (int64_t h = 0; h < c.G; ++h) {
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t p = h * n + i;
-          float* row = S + p * kc;
-          const int64_t valid = std::clamp<int64_t>(geo.visible(item.r0 + i) - j0, 0, kc);
-          if (valid == 0) {
-            std::fill(row, row + kc, 0.0f);
-            continue;
-          }
-          float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-          for (int64_t j = 0; j < valid; ++j) mx = std::max(mx, row[j]);
-          const float m_new = std::max(m[p], mx);
-          float sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < valid; ++j) {
-            const float e = fast_exp(row[j] - m_new);
-            row[j] = e;
-            sum += e;
-          }
-          std::fill(row + valid, row + kc, 0.0f);
-          // Rescale what was accumulated under the old max (e^-inf = 0 on the first block).
-          const float alpha = fast_exp(m[p] - m_new);
-          if (alpha != 1.0f) {
-            float* arow = acc + p * D;
-#pragma omp simd
-            for (int64_t e = 0; e < D; ++e) arow[e] *= alpha;
-          }
-          l[p] = l[p] * alpha + sum;
-          m[p] = m_new;
-        }
+        const int64_t head = item.kv_head * c.G + h;
+        float* Oh = o + row0 * c.ldq + head * D;  // accumulates P V in place, normalised at the end
+        float* m = ml + h * n;
+        float* l = ml + M + h * n;
+        // S[n, kc] = scale * Q K[j0:j0+kc]^T, up to each row's causal edge. (Running product,
+        // softmax and P V strip by strip, so that S stays in L1, measured within 2%: not worth it.)
+        cpu::tile_gemm(S, kc, {q + row0 * c.ldq + head * D, c.ldq, 1}, Kp, n, kc, D, c.scale, false,
+                       {valid, nullptr, nullptr});
+        online_softmax(S, Oh, c.ldq, D, m, l, valid, fill_end, n, kc, j0 > 0);
+        // O (+)= P V[j0:j0+kc], each row block's terms up to its causal edge
+        cpu::tile_gemm(Oh, c.ldq, {S, kc, 1}, Vp, n, D, kc, 1.0f, j0 > 0, {nullptr, fill_end, nullptr});
       }
-      // acc[M, D] += P V[j0:j0+kc]
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bi(M), bi(D), bi(kc), 1.0f, S, bi(kc),
-                  Vg + j0 * c.ldk, bi(c.ldk), 1.0f, acc, bi(D));
     }
-    // O = acc / l, LSE = m + log l; rows that saw no key: O = 0, LSE = -inf.
     for (int64_t h = 0; h < c.G; ++h) {
-      const int64_t head = g * c.G + h;
+      const int64_t head = item.kv_head * c.G + h;
+      float* Oh = o + row0 * c.ldq + head * D;
+      const float* m = ml + h * n;
+      const float* l = ml + M + h * n;
+      // O /= l, LSE = m + log l; rows that saw no key: O = 0, LSE = -inf.
       for (int64_t i = 0; i < n; ++i) {
-        const int64_t p = h * n + i, row = task.q0 + item.r0 + i;
-        float* orow = o + row * c.ldq + head * D;
-        const float* arow = acc + p * D;
-        if (l[p] > 0) {
-          const float inv = 1.0f / l[p];
+        float* orow = Oh + i * c.ldq;
+        float* lrow = lse + (row0 + i) * c.hq + head;
+        if (l[i] > 0) {
+          const float inv = 1.0f / l[i];
 #pragma omp simd
-          for (int64_t e = 0; e < D; ++e) orow[e] = arow[e] * inv;
-          lse[row * c.hq + head] = m[p] + std::log(l[p]);
+          for (int64_t e = 0; e < D; ++e) orow[e] *= inv;
+          *lrow = m[i] + std::log(l[i]);
         } else {
           std::fill(orow, orow + D, 0.0f);
-          lse[row * c.hq + head] = -INFINITY;
+          *lrow = -INFINITY;
         }
       }
     }
@@ -531,54 +651,24 @@ void attention_backward_tasks(float* dq, float* dk, float* dv, const float* dout
     const int64_t lo = std::max(a, t.k0), hi = std::min(b, t.k1);
     return hi > lo ? Geom(t).pairs_keys(lo - t.k0, hi - t.k0) : int64_t{0};
   });
-#pragma omp parallel for schedule(dynamic, 1) num_threads(blas_caller_threads())
+#pragma omp parallel for schedule(dynamic, 1) num_threads(worker_threads())
   for (size_t it = 0; it < items.size(); ++it) {
     const Item& item = items[it];
     const Group& grp = kgroups[item.unit];
     const int64_t g = item.kv_head, kb = item.r1 - item.r0;
-    const int64_t Mmax = c.G * bq;
-    float* Qp = scratch(t_q, Mmax * D);
-    float* dOp = scratch(t_do, Mmax * D);
-    float* S = scratch(t_s, Mmax * kKeyBlock);
-    float* dP = scratch(t_dp, Mmax * kKeyBlock);
     float* dKa = scratch(t_acc, 2 * kb * D);  // dK then dV of the block's key rows
     float* dVa = dKa + kb * D;
-    float* rowv = scratch(t_row, 2 * Mmax);  // packed LSE, then D_i
     std::fill(dKa, dKa + 2 * kb * D, 0.0f);
     for (int32_t ti : grp.tasks) {
       const AttentionTask& task = tasks[ti];
       const Geom geo(task);
       const int64_t a = std::max(item.r0, task.k0), b = std::min(item.r1, task.k1);
       if (b <= a) continue;
-      const int64_t j0 = a - task.k0, kc = b - a;  // task-local keys [j0, j0+kc)
-      const float* Kt = k + a * c.ldk + g * D;
-      const float* Vt = v + a * c.ldk + g * D;
-      float* dKt = dKa + (a - item.r0) * D;
-      float* dVt = dVa + (a - item.r0) * D;
-      for (int64_t r0 = geo.first_row(j0); r0 < geo.nq; r0 += bq) {
-        const int64_t n = std::min(bq, geo.nq - r0), M = c.G * n, row0 = task.q0 + r0;
-        pack_rows(Qp, q, c, g, row0, n);
-        pack_rows(dOp, dout, c, g, row0, n);
-        for (int64_t h = 0; h < c.G; ++h) {
-          for (int64_t i = 0; i < n; ++i) {
-            rowv[h * n + i] = lse[(row0 + i) * c.hq + g * c.G + h];
-            rowv[M + h * n + i] = dsum[(row0 + i) * c.hq + g * c.G + h];
-          }
-        }
-        // S = scale Qp K^T; P = e^(S - lse), masked
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bi(M), bi(kc), bi(D), c.scale, Qp, bi(D), Kt,
-                    bi(c.ldk), 0.0f, S, bi(kc));
-        recompute_probs(S, rowv, geo, c.G, n, r0, j0, kc);
-        // dV[kc, D] += P^T dOp (summing the group's heads)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, bi(kc), bi(D), bi(M), 1.0f, S, bi(kc), dOp, bi(D), 1.0f,
-                    dVt, bi(D));
-        // dP = dOp V^T; dS = P (dP - D_i)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bi(M), bi(kc), bi(D), 1.0f, dOp, bi(D), Vt, bi(c.ldk),
-                    0.0f, dP, bi(kc));
-        probs_to_dscores(S, dP, rowv + M, M, kc);
-        // dK[kc, D] += scale dS^T Qp
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, bi(kc), bi(D), bi(M), c.scale, S, bi(kc), Qp, bi(D),
-                    1.0f, dKt, bi(D));
+      const KeyTile kt = pack_key_tile(k, v, c, task, g, a - task.k0, b - a, false);
+      const TileGrads grads{dKa + (a - item.r0) * D, dVa + (a - item.r0) * D, D, nullptr};
+      for (int64_t r0 = geo.first_row(kt.j0); r0 < geo.nq; r0 += bq) {
+        const QueryTile qt = pack_query_tile(q, dout, lse, dsum.data(), c, task, g, r0, std::min(bq, geo.nq - r0), true);
+        backward_tile(qt, kt, geo, c, grads);
       }
     }
     // The block's rows belong to this item alone: accumulate into the caller's dK, dV.
@@ -602,50 +692,27 @@ void attention_backward_tasks(float* dq, float* dk, float* dv, const float* dout
     const int64_t lo = std::max(a, t.q0), hi = std::min(b, t.q1);
     return hi > lo ? Geom(t).pairs_rows(lo - t.q0, hi - t.q0) : int64_t{0};
   });
-#pragma omp parallel for schedule(dynamic, 1) num_threads(blas_caller_threads())
+#pragma omp parallel for schedule(dynamic, 1) num_threads(worker_threads())
   for (size_t it = 0; it < items.size(); ++it) {
     const Item& item = items[it];
     const Group& grp = qgroups[item.unit];
     const int64_t g = item.kv_head, nb = item.r1 - item.r0;
-    const int64_t Mmax = c.G * bq;
-    float* Qp = scratch(t_q, Mmax * D);
-    float* dOp = scratch(t_do, Mmax * D);
-    float* S = scratch(t_s, Mmax * kKeyBlock);
-    float* dP = scratch(t_dp, Mmax * kKeyBlock);
     float* dQa = scratch(t_acc, c.G * nb * D);  // the block's dQ, [G, nb, D]
-    float* dQt = scratch(t_acc2, Mmax * D);     // one task's share, [G, n, D]
-    float* rowv = scratch(t_row, 2 * Mmax);
+    float* dQt = scratch(t_acc2, c.G * bq * D);  // one task's share, [G, n, D]
     std::fill(dQa, dQa + c.G * nb * D, 0.0f);
     for (int32_t ti : grp.tasks) {
       const AttentionTask& task = tasks[ti];
       const Geom geo(task);
       const int64_t a = std::max(item.r0, task.q0), b = std::min(item.r1, task.q1);
       if (b <= a) continue;
-      const int64_t r0 = a - task.q0, n = b - a, M = c.G * n;
+      const int64_t r0 = a - task.q0, n = b - a;
       const int64_t key_end = geo.visible(r0 + n - 1);
       if (key_end == 0) continue;
-      pack_rows(Qp, q, c, g, a, n);
-      pack_rows(dOp, dout, c, g, a, n);
-      for (int64_t h = 0; h < c.G; ++h) {
-        for (int64_t i = 0; i < n; ++i) {
-          rowv[h * n + i] = lse[(a + i) * c.hq + g * c.G + h];
-          rowv[M + h * n + i] = dsum[(a + i) * c.hq + g * c.G + h];
-        }
-      }
-      std::fill(dQt, dQt + M * D, 0.0f);
-      const float* Kg = k + task.k0 * c.ldk + g * D;
-      const float* Vg = v + task.k0 * c.ldk + g * D;
+      const QueryTile qt = pack_query_tile(q, dout, lse, dsum.data(), c, task, g, r0, n, false);
+      std::fill(dQt, dQt + qt.M * D, 0.0f);
       for (int64_t j0 = 0; j0 < key_end; j0 += kKeyBlock) {
-        const int64_t kc = std::min(kKeyBlock, key_end - j0);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bi(M), bi(kc), bi(D), c.scale, Qp, bi(D),
-                    Kg + j0 * c.ldk, bi(c.ldk), 0.0f, S, bi(kc));
-        recompute_probs(S, rowv, geo, c.G, n, r0, j0, kc);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bi(M), bi(kc), bi(D), 1.0f, dOp, bi(D),
-                    Vg + j0 * c.ldk, bi(c.ldk), 0.0f, dP, bi(kc));
-        probs_to_dscores(S, dP, rowv + M, M, kc);
-        // dQt[M, D] += scale dS K[j0:j0+kc]
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bi(M), bi(D), bi(kc), c.scale, S, bi(kc),
-                    Kg + j0 * c.ldk, bi(c.ldk), 1.0f, dQt, bi(D));
+        const KeyTile kt = pack_key_tile(k, v, c, task, g, j0, std::min(kKeyBlock, key_end - j0), true);
+        backward_tile(qt, kt, geo, c, {nullptr, nullptr, 0, dQt});
       }
       for (int64_t h = 0; h < c.G; ++h) {
         for (int64_t i = 0; i < n; ++i) {
