@@ -79,6 +79,24 @@ TEST(CpuMath, FastExpAccuracyAndLimits) {
   EXPECT_EQ(cpu::fast_sigmoid(1000.0f), 1.0f);
 }
 
+TEST(CpuMath, MaxOfEveryLengthSkipsNaN) {
+  for (int64_t n = 0; n <= 70; ++n) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (int64_t j = 0; j < n; ++j) x[j] = static_cast<float>((j * 37) % 23) - 30.0f;
+    const float want = n == 0 ? -INFINITY : *std::max_element(x.begin(), x.end());
+    EXPECT_EQ(cpu::max_of(x.data(), n), want) << "n " << n;
+    if (n == 0) continue;
+    // The maximum at every position, and NaNs anywhere (including lane 0 and the tail), skipped.
+    for (int64_t at = 0; at < n; ++at) {
+      std::vector<float> y = x;
+      y[at] = 100.0f;
+      y[(at + 1) % n] = kNaN;
+      const float got = cpu::max_of(y.data(), n);
+      EXPECT_EQ(got, n == 1 ? -INFINITY : 100.0f) << "n " << n << " max at " << at;
+    }
+  }
+}
+
 TEST(CpuMemory, AllocIsZeroedAndAligned) {
   auto be = make_cpu_backend();
   const size_t n = 5 * cpu::kBlock + 5;

@@ -32,9 +32,7 @@ RowOut softmax_row(float* z, int64_t v, uint32_t target, float mask, float grad_
     if (grad) std::fill(z, z + v, 0.0f);
     return out;
   }
-  float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < v; ++j) m = std::max(m, z[j]);
+  const float m = max_of(z, v);
   if (want_argmax) {
     int64_t j = 0;  // the first maximum, as torch.argmax; 0 when the row holds a NaN and no maximum
     while (j < v && z[j] != m) ++j;
