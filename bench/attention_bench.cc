@@ -2,7 +2,10 @@
 // make_local_task_attention) beside the sgemm-based reference kernel and OpenBLAS sgemm on 2048^3,
 // all measured in the same run. GFLOP/s count causal pairs (DESIGN section 3): forward
 // 4 * pairs * D * q_heads, backward 2.5x that. q_heads * D = 512 (8 x 64 or 4 x 128), kv heads =
-// q heads; batches: one 4K document, one 16K document, and a long-tailed mix of 16K tokens.
+// q heads; batches: one 4K document, one 16K document, and a long-tailed mix of 16K tokens. A
+// second table runs the fused kernel at d=128 on batches of equal documents of 32 to 2048 tokens
+// (same total tokens): the rate as a function of document length, which is what separates the
+// mix from one long document.
 //
 //   build/bench/attention_bench [--repeats R] [--skip-16k]
 #include <omp.h>
@@ -49,7 +52,7 @@ std::vector<int32_t> varlen_mix(int64_t total, uint64_t seed) {
 
 int main(int argc, char** argv) {
   CLI::App app{"Core attention throughput: fused task kernel vs reference kernel vs sgemm"};
-  int repeats = 2;
+  int repeats = 3;
   bool skip_16k = false;
   app.add_option("--repeats", repeats, "timed runs per op (best is reported)")->check(CLI::PositiveNumber);
   app.add_flag("--skip-16k", skip_16k, "leave out the 16K-token batches");
@@ -105,6 +108,34 @@ int main(int argc, char** argv) {
       }
     }
     table.print();
+
+    // The fused kernel's rate by document length, d = 128.
+    const int64_t total = skip_16k ? 4096 : 16384, d = 128, heads = 4;
+    fmt::print("\nFused kernel, d {}, {} heads, {} tokens of equal documents:\n\n", d, heads, total);
+    bench::Table by_len({"doc tokens", "docs", "fwd GFLOP/s", "fwd / sgemm", "bwd GFLOP/s", "bwd / sgemm"});
+    const AttentionShape shape{total, heads, heads, d, static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)))};
+    const auto q = randn(total * heads * d, 1), k = randn(total * heads * d, 2), v = randn(total * heads * d, 3),
+               dout = randn(total * heads * d, 4);
+    std::vector<float> o(q.size()), lse(total * heads), dq(q.size()), dk(k.size()), dv(v.size());
+    auto attn = make_local_task_attention();
+    for (const int64_t len : {32, 128, 512, 2048}) {
+      std::vector<int32_t> cu;
+      for (int64_t t = 0; t <= total; t += len) cu.push_back(static_cast<int32_t>(t));
+      const SequenceLayout layout{cu.data(), static_cast<int64_t>(cu.size()) - 1};
+      const double flops = 4.0 * static_cast<double>(layout.n_seqs) * len * (len + 1) / 2 * d * heads;
+      auto fwd = [&] { attn->forward(o.data(), lse.data(), q.data(), k.data(), v.data(), shape, layout); };
+      auto bwd = [&] {
+        attn->backward(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), o.data(),
+                       lse.data(), shape, layout);
+      };
+      fwd();
+      const double gf = flops / bench::best_seconds(repeats, fwd) / 1e9;
+      bwd();
+      const double gb = 2.5 * flops / bench::best_seconds(repeats, bwd) / 1e9;
+      by_len.add({fmt::format("{}", len), fmt::format("{}", layout.n_seqs), fmt::format("{:.1f}", gf),
+                  fmt::format("{:.2f}", gf / sgemm), fmt::format("{:.1f}", gb), fmt::format("{:.2f}", gb / sgemm)});
+    }
+    by_len.print();
   } catch (const std::exception& e) {
     fmt::print(stderr, "attention_bench: {}\n", e.what());
     return 1;
