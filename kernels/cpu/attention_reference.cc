@@ -108,13 +108,7 @@ class ReferenceAttention final : public CoreAttention {
             float m = -INFINITY;
 #pragma omp simd reduction(max : m)
             for (int j = 0; j < valid; ++j) m = std::max(m, row[j]);
-            double sum = 0;
-#pragma omp simd reduction(+ : sum)
-            for (int j = 0; j < valid; ++j) {
-              const float e = fast_exp(row[j] - m);
-              row[j] = e;
-              sum += e;
-            }
+            const double sum = cpu::exp_in_place_sum<double>(row, valid, m);
             // P = e^(S - m) / sum, lse = m + log(sum); masked columns are 0 for the P V product.
             const auto inv = static_cast<float>(1.0 / sum);
 #pragma omp simd

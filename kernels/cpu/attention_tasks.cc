@@ -207,13 +207,7 @@ void visible_in_block(int64_t* valid, int64_t* fill_end, const Geom& geo, int64_
     std::fill(row + nv, row + fill_end[i], 0.0f);
     if (nv == 0) continue;
     const float m_new = std::max(m[i], cpu::max_of(row, nv));
-    float sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < nv; ++j) {
-      const float e = fast_exp(row[j] - m_new);
-      row[j] = e;
-      sum += e;
-    }
+    const float sum = cpu::exp_in_place_sum<float>(row, nv, m_new);
     // A row sees keys from the first block on, so O is only rescaled after it.
     if (rescale && m[i] != m_new) {
       const float alpha = fast_exp(m[i] - m_new);

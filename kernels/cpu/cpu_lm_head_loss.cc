@@ -46,12 +46,7 @@ RowOut softmax_row(float* z, int64_t v, uint32_t target, float mask, float grad_
   // sum_j e^(z_j - m) with float exps accumulated in double; keep the exps when training.
   double sum = 0;
   if (grad) {
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < v; ++j) {
-      const float e = fast_exp(z[j] - m);
-      z[j] = e;
-      sum += e;
-    }
+    sum = exp_in_place_sum<double>(z, v, m);
   } else {
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < v; ++j) sum += fast_exp(z[j] - m);

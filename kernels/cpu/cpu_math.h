@@ -49,6 +49,20 @@ inline float fast_exp(float x) {
 // silu's sigmoid, 1 / (1 + e^-x): exact limits 0 and 1 at the ends of fast_exp's range.
 inline float fast_sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
 
+// x[j] = e^(x[j] - shift) for j < n, in place; returns the sum of the new values, accumulated in
+// Acc (the softmaxes' shared inner loop).
+template <typename Acc>
+inline Acc exp_in_place_sum(float* x, int64_t n, float shift) {
+  Acc sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    const float e = fast_exp(x[j] - shift);
+    x[j] = e;
+    sum += e;
+  }
+  return sum;
+}
+
 // max(x[0..n)), -inf for n = 0; NaNs are skipped, as in a loop of std::max(m, x[j]). GCC 12 leaves
 // `omp simd reduction(max)` over floats scalar (a third of the attention forward's softmax time
 // at d=64), hence the explicit vectors.
