@@ -41,11 +41,12 @@ class CoreAttention {
 };
 
 // Attention computed on this rank by the CPU reference kernel (one sgemm-based pass per
-// sequence and head; memory O(longest sequence^2) per thread).
+// sequence and head; memory O(longest sequence^2) per thread). For tests and comparison.
 std::unique_ptr<CoreAttention> make_local_reference_attention();
 
 // Attention computed on this rank by the fused CPU task kernel (kernels/attention_tasks.h): one
 // causal task per sequence, tiled online softmax; memory O(N x heads) plus per-thread tiles.
+// The model's default.
 std::unique_ptr<CoreAttention> make_local_task_attention();
 
 }  // namespace cadtrain::kernels
