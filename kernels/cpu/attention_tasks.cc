@@ -172,7 +172,7 @@ void pack_rows(float* dst, const float* src, const Ctx& c, int64_t g, int64_t ro
   }
 }
 
-int bi(int64_t v) { return static_cast<int>(v); }  // tile dimensions, all checked to fit
+int bi(int64_t v) { return static_cast<int>(v); }  // a kv head index, for Item's int32 field
 
 // Per-thread tiles, reused across calls.
 thread_local std::vector<float> t_q, t_do, t_s, t_dp, t_acc, t_acc2, t_row;
