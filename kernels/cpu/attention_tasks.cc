@@ -245,6 +245,20 @@ void probs_to_dscores(float* S, const float* dP, const float* d_p, const int64_t
   }
 }
 
+// dst[h * head_stride + i * row_stride + e] += src[(h * n + i) * D + e]: a tile of G stacked
+// heads' rows (as the backward computes dQ) added into rows laid out otherwise.
+void add_stacked_rows(float* dst, int64_t head_stride, int64_t row_stride, const float* src, int64_t G, int64_t n,
+                      int64_t D) {
+  for (int64_t h = 0; h < G; ++h) {
+    for (int64_t i = 0; i < n; ++i) {
+      float* d = dst + h * head_stride + i * row_stride;
+      const float* s = src + (h * n + i) * D;
+#pragma omp simd
+      for (int64_t e = 0; e < D; ++e) d[e] += s[e];
+    }
+  }
+}
+
 // Per-thread state of the backward for one (query block, kv head): the group's G heads stacked,
 // M = G * n rows. Packed once per query block, used against every key block.
 struct QueryTile {
@@ -446,14 +460,7 @@ void backward_single_pass(float* dq, float* dk, float* dv, const float* dout, co
           const int64_t koff = (task.k0 + j0) * c.ldk + g * D;
           backward_tile(qt, kt, geo, c, {dk + koff, dv + koff, c.ldk, dQt});
         }
-        for (int64_t h = 0; h < c.G; ++h) {
-          for (int64_t i = 0; i < n; ++i) {
-            float* dst = dq + (row0 + i) * c.ldq + (g * c.G + h) * D;
-            const float* src = dQt + (h * n + i) * D;
-#pragma omp simd
-            for (int64_t e = 0; e < D; ++e) dst[e] += src[e];
-          }
-        }
+        add_stacked_rows(dq + row0 * c.ldq + g * c.G * D, D, c.ldq, dQt, c.G, n, D);
       }
     }
   }
@@ -704,14 +711,7 @@ void attention_backward_tasks(float* dq, float* dk, float* dv, const float* dout
         const KeyTile kt = pack_key_tile(k, v, c, task, g, j0, std::min(kKeyBlock, key_end - j0), true);
         backward_tile(qt, kt, geo, c, {nullptr, nullptr, 0, dQt});
       }
-      for (int64_t h = 0; h < c.G; ++h) {
-        for (int64_t i = 0; i < n; ++i) {
-          float* dst = dQa + (h * nb + (a - item.r0) + i) * D;
-          const float* src = dQt + (h * n + i) * D;
-#pragma omp simd
-          for (int64_t e = 0; e < D; ++e) dst[e] += src[e];
-        }
-      }
+      add_stacked_rows(dQa + (a - item.r0) * D, nb * D, D, dQt, c.G, n, D);
     }
     for (int64_t h = 0; h < c.G; ++h) {
       for (int64_t i = 0; i < nb; ++i) {
