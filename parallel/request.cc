@@ -48,7 +48,7 @@ void PendingOp::wait() {
   // Poll hot for a moment (most operations finish in microseconds), then sleep between polls so
   // that ranks oversubscribing the cores leave them to the ranks still computing. The SIGTERM
   // report is written only once the wait is a slow one, and again when the missing ranks change.
-  constexpr double kHotPollS = 2e-4, kPublishAfterS = 0.05;
+  constexpr double kHotPollS = 2e-4, kPublishAfterS = 1e-3;
   const double deadline = start_s_ + watchdog_->timeout_s();
   const double wait_start = now_seconds();
   bool published = false;
