@@ -367,8 +367,11 @@ TEST(AttentionServers, ExecutingThePlanMatchesWholeDocumentAttention) {
   const std::vector<float> q = randv(N * hq * D), k = randv(N * hk * D), v = randv(N * hk * D);
   std::vector<float> o_ref(static_cast<size_t>(N * hq * D)), lse_ref(static_cast<size_t>(N * hq));
   const kernels::AttentionShape shape{N, hq, hk, D, 1.0f / std::sqrt(static_cast<float>(D))};
-  kernels::make_local_reference_attention()->forward(o_ref.data(), lse_ref.data(), q.data(), k.data(), v.data(), shape,
-                                                     {cu.data(), static_cast<int64_t>(cu.size() - 1)});
+  kernels::SequenceLayout whole;
+  whole.cu_seqlens = cu.data();
+  whole.n_seqs = static_cast<int64_t>(cu.size() - 1);
+  kernels::attention_forward_all(*kernels::make_local_reference_attention(), o_ref.data(), lse_ref.data(), q.data(),
+                                 k.data(), v.data(), shape, whole);
   // Row of (rank, row) in the global layout (the doc's first position in the batch is 0 here).
   auto global = [&](uint32_t rank, int64_t row) {
     const auto& [doc, pos] = ids[rank][static_cast<size_t>(row)];
