@@ -141,6 +141,11 @@ void check_parallel(const RunConfig& cfg, std::vector<Problem>& problems) {
                           fmt::format("attention.cad.shard_tokens ({}) must be a multiple of 128 on CUDA",
                                       cad.shard_tokens())});
     }
+    if (cad.calibrate_cost() && cad.calibration_size() == 0) {
+      problems.push_back({"attention.cad.calibration",
+                          "attention.cad.calibrate_cost needs attention.cad.calibration points "
+                          "(bench/cad_calibrate prints them)"});
+    }
   }
   if (p.world_size() != 0 && p.world_size() != required_world_size(cfg)) {
     problems.push_back({"parallel.world_size",
