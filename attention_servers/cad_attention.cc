@@ -14,7 +14,7 @@ namespace cadtrain::attention_servers {
 namespace {
 
 constexpr uint64_t kControlMagic = 0x4c525443;  // "CTRL"
-enum class Op : uint64_t { PREPARE = 1, FORWARD = 2, BACKWARD = 3, SHUTDOWN = 4 };
+enum class Op : uint64_t { PREPARE = 1, FORWARD = 2, BACKWARD = 3, SHUTDOWN = 4, STATS = 5 };
 constexpr size_t kControlWords = 5;  // magic, op, layer, group, serial
 constexpr size_t kLayoutHeader = 8;  // is_trainer, seqs, parts, rows, q_heads, kv_heads, head_dim, scale bits
 
@@ -144,6 +144,56 @@ void check_options(const parallel::Communicator& world, const CadRuntimeOptions&
                  world.name());
 }
 
+// CadStats as a fixed row of doubles, for an all-gather.
+constexpr size_t kStatsFields = 14;
+std::vector<double> pack_stats(const CadStats& s) {
+  return {s.task_cost,
+          static_cast<double>(s.tasks),
+          s.busy_s,
+          s.exchange_s,
+          s.scheduler_s,
+          static_cast<double>(s.bytes_sent),
+          static_cast<double>(s.bytes_received),
+          static_cast<double>(s.forward_bytes_sent),
+          static_cast<double>(s.backward_bytes_sent),
+          static_cast<double>(s.descriptor_bytes),
+          static_cast<double>(s.kept_bytes),
+          static_cast<double>(s.kept_bytes_peak),
+          static_cast<double>(s.plan_hash >> 32),
+          static_cast<double>(s.plan_hash & 0xffffffffu)};
+}
+CadStats unpack_stats(const double* d) {
+  CadStats s;
+  s.task_cost = d[0];
+  s.tasks = static_cast<uint64_t>(d[1]);
+  s.busy_s = d[2];
+  s.exchange_s = d[3];
+  s.scheduler_s = d[4];
+  s.bytes_sent = static_cast<uint64_t>(d[5]);
+  s.bytes_received = static_cast<uint64_t>(d[6]);
+  s.forward_bytes_sent = static_cast<uint64_t>(d[7]);
+  s.backward_bytes_sent = static_cast<uint64_t>(d[8]);
+  s.descriptor_bytes = static_cast<uint64_t>(d[9]);
+  s.kept_bytes = static_cast<uint64_t>(d[10]);
+  s.kept_bytes_peak = static_cast<uint64_t>(d[11]);
+  s.plan_hash = static_cast<uint64_t>(d[12]) << 32 | static_cast<uint64_t>(d[13]);
+  return s;
+}
+
+// Every rank's statistics (all-gather over world), then this rank's counters restart.
+std::vector<CadStats> gather_and_reset(parallel::Communicator& world, CadStats& mine) {
+  const std::vector<double> row = pack_stats(mine);
+  std::vector<double> all(kStatsFields * static_cast<size_t>(world.size()));
+  world.all_gather(host_view(row), host_view(all));
+  std::vector<CadStats> out;
+  for (int r = 0; r < world.size(); ++r) out.push_back(unpack_stats(all.data() + kStatsFields * static_cast<size_t>(r)));
+  const CadStats kept = mine;
+  mine = CadStats{};
+  mine.kept_bytes = mine.kept_bytes_peak = kept.kept_bytes;
+  mine.plan_hash = kept.plan_hash;
+  return out;
+}
+
 // The parts of this rank that rows [row0, row0 + rows) touch.
 void add_parts(std::vector<std::vector<size_t>>& needs, const std::vector<kernels::RowRange>& parts, int64_t row0,
                int64_t rows, size_t group) {
@@ -240,6 +290,15 @@ std::unique_ptr<kernels::AttentionHandle> CadAttention::backward(int layer, kern
   return std::make_unique<CadHandle>(&st.bwd_done, st.bwd_needs[part], layer, part, "backward");
 }
 
+CadStepMetrics CadAttention::end_step() {
+  const auto& sched = options_.plan.scheduler;
+  if (sched.dedicated) control(world_, Op::STATS, -1, 0, serial_);
+  parallel::ScopedOpContext context(world_.watchdog(), parallel::OpContext{-1, -1, "CAD statistics"});
+  std::vector<int> servers;
+  for (uint32_t s = 0; s < sched.servers; ++s) servers.push_back(static_cast<int>(sched.dedicated ? options_.trainers + s : s));
+  return summarize_cad_stats(gather_and_reset(world_, exchange_.stats()), std::move(servers));
+}
+
 void CadAttention::shutdown_servers() {
   if (!options_.plan.scheduler.dedicated || shut_down_) return;
   control(world_, Op::SHUTDOWN, -1, 0, serial_);
@@ -265,6 +324,11 @@ CadStats run_cad_server(parallel::Communicator& world, const CadRuntimeOptions& 
     const int layer = static_cast<int>(static_cast<int64_t>(words[2]));
     const uint64_t group = words[3];
     if (op == Op::SHUTDOWN) return exchange.stats();
+    if (op == Op::STATS) {
+      parallel::ScopedOpContext context(world.watchdog(), parallel::OpContext{-1, -1, "CAD statistics"});
+      gather_and_reset(world, exchange.stats());
+      continue;
+    }
     if (op == Op::PREPARE) {
       serial = words[4];
       exchange.drop_kept();

@@ -23,6 +23,7 @@
 #include <memory>
 
 #include "attention_servers/cad_exchange.h"
+#include "attention_servers/cad_metrics.h"
 #include "attention_servers/cad_step_plan.h"
 #include "kernels/core_attention.h"
 #include "parallel/communicator.h"
@@ -58,8 +59,12 @@ class CadAttention final : public kernels::CoreAttention {
   // The plan of the last prepare() (nullptr before the first).
   const CadStepPlan* last_plan() const { return last_plan_; }
   CadLayerTraffic traffic(int layer) const { return exchange_.traffic(layer); }
+  // This rank's statistics since the last reset_stats() or end_step().
   const CadStats& stats() const;
   void reset_stats();
+  // Collective over world (dedicated servers included): every rank's statistics since the last
+  // call, summarised; then every rank starts counting afresh. Once per training step.
+  CadStepMetrics end_step();
 
  private:
   parallel::Communicator& world_;

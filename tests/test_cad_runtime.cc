@@ -5,10 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "attention_servers/cad_metrics.h"
 #include "attention_servers/cad_step_plan.h"
 #include "attention_servers/cad_wire.h"
 #include "common/error.h"
@@ -226,6 +228,34 @@ TEST(CadStepPlan, RanksWithDifferentPartCountsAreAnError) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("trainer rank 1 has 1 nano-batch parts"), std::string::npos) << e.what();
   }
+}
+
+}  // namespace
+}  // namespace cadtrain::attention_servers
+
+namespace cadtrain::attention_servers {
+namespace {
+
+TEST(CadMetrics, ImbalanceIsMaxOverMeanOfTheServers) {
+  std::vector<CadStats> ranks(3);
+  ranks[0].task_cost = 10;  // rank 0 is a trainer only (DEDICATED): not in the server figures
+  ranks[1].task_cost = 30;
+  ranks[2].task_cost = 10;
+  ranks[1].busy_s = 0.002;
+  ranks[2].busy_s = 0.006;
+  ranks[2].exchange_s = 0.004;
+  ranks[0].bytes_sent = 100;
+  ranks[2].bytes_sent = 50;
+  ranks[1].scheduler_s = 0.0005;
+  const CadStepMetrics m = summarize_cad_stats(ranks, {1, 2});
+  EXPECT_DOUBLE_EQ(m.cost_imbalance, 1.5);
+  EXPECT_DOUBLE_EQ(m.busy_imbalance, 1.5);
+  EXPECT_DOUBLE_EQ(m.busy_max_s, 0.006);
+  EXPECT_DOUBLE_EQ(m.idle_max_s, 0.004);
+  EXPECT_EQ(m.bytes_sent, 150u);
+  EXPECT_EQ(cad_step_line(m), "cad imb 1.50/1.50 busy 6.0ms idle 4.0ms 150B sched 0.5ms");
+  EXPECT_EQ(cad_step_json(m)["servers"].size(), 2u);
+  EXPECT_THROW(summarize_cad_stats(ranks, {3}), Error);
 }
 
 }  // namespace

@@ -11,6 +11,8 @@
 // summed over ranks, equal the plan's byte counts (plan.proto PlanBytes) exactly.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <numeric>
 #include <string>
@@ -79,11 +81,8 @@ void check_case(const Case& c) {
                            (c.dedicated > 0 ? std::to_string(c.dedicated) + " dedicated" : std::string("in place")) +
                            ": ";
   const int layer = 1;
-  attention_servers::CadStats stats;
-  attention_servers::CadPlanBytes plan_bytes;
-
   if (me >= static_cast<int>(T)) {  // a dedicated server
-    stats = attention_servers::run_cad_server(comm, opts);
+    attention_servers::run_cad_server(comm, opts);
   } else {
     std::vector<int32_t> cu = {0};
     for (const int32_t len : c.lengths) cu.push_back(cu.back() + len);
@@ -162,8 +161,13 @@ void check_case(const Case& c) {
       bwd.push_back(cad.backward(layer, *plan, p, *fwd[p], io, {dout.data(), t.dq.data(), t.dk.data(), t.dv.data()}));
     }
     for (auto& h : bwd) h->wait();
-    plan_bytes = attention_servers::plan_bytes(*cad.last_plan());
-    stats = cad.stats();
+    const attention_servers::CadPlanBytes plan_bytes = attention_servers::plan_bytes(*cad.last_plan());
+    double plan_cost = 0;
+    for (const auto& grp : cad.last_plan()->groups) {
+      for (const auto& sp : grp.plan.server_plans()) plan_cost += sp.load();
+    }
+    const uint64_t forward_sent = cad.stats().forward_bytes_sent;
+    const attention_servers::CadStepMetrics metrics = cad.end_step();  // servers included
     cad.shutdown_servers();
 
     test::expect_close(t.o, rows_double(g.o, r0, r1, qd), 1e-5, what + "O");
@@ -171,24 +175,40 @@ void check_case(const Case& c) {
     test::expect_close(t.dq, rows_double(g.dq, r0, r1, qd), 1e-5, what + "dQ", 1e-2);
     test::expect_close(t.dk, rows_double(g.dk, r0, r1, kvd), 1e-5, what + "dK", 1e-2);
     test::expect_close(t.dv, rows_double(g.dv, r0, r1, kvd), 1e-5, what + "dV", 1e-2);
-    EXPECT_EQ(cad.traffic(layer).forward_bytes, stats.forward_bytes_sent) << what;
-    EXPECT_EQ(stats.kept_bytes, 0u) << what << "KEEP_ON_SERVER state left after the backward";
-  }
+    EXPECT_EQ(cad.traffic(layer).forward_bytes, forward_sent) << what;
 
-  // Same plan everywhere (servers included).
-  std::vector<uint64_t> hashes(static_cast<size_t>(W));
-  comm.all_gather(host_view(std::span<const uint64_t>(&stats.plan_hash, 1)), host_view(hashes));
-  for (int j = 0; j < W; ++j) EXPECT_EQ(hashes[static_cast<size_t>(j)], hashes[0]) << what << "plan of rank " << j;
-  EXPECT_NE(hashes[0], 0u);
-  // Bytes the code sent = the plan's count, exactly (plan_bytes is the same on every trainer).
-  std::vector<uint64_t> sums = {stats.forward_bytes_sent, stats.backward_bytes_sent};
-  comm.all_reduce(host_view(sums), parallel::ReduceOp::SUM);
-  std::vector<int64_t> expected = {plan_bytes.forward, c.resend ? plan_bytes.backward_resend : plan_bytes.backward_keep};
-  comm.broadcast(host_view(expected), 0);
-  EXPECT_EQ(sums[0], static_cast<uint64_t>(expected[0])) << what << "forward bytes";
-  EXPECT_EQ(sums[1], static_cast<uint64_t>(expected[1])) << what << "backward bytes";
-  if (W > 1 && c.dedicated > 0) {
-    EXPECT_GT(sums[0], 0u) << what;
+    // Same plan on every rank, servers included.
+    ASSERT_EQ(metrics.ranks.size(), static_cast<size_t>(W));
+    for (int j = 0; j < W; ++j) EXPECT_EQ(metrics.ranks[static_cast<size_t>(j)].plan_hash, metrics.ranks[0].plan_hash) << what << "plan of rank " << j;
+    EXPECT_NE(metrics.ranks[0].plan_hash, 0u);
+    // Bytes the code sent, summed over ranks = the plan's count, exactly.
+    uint64_t fwd_bytes = 0, bwd_bytes = 0;
+    double cost = 0;
+    for (const auto& st : metrics.ranks) {
+      fwd_bytes += st.forward_bytes_sent;
+      bwd_bytes += st.backward_bytes_sent;
+      cost += st.task_cost;
+      EXPECT_EQ(st.kept_bytes, 0u) << what << "KEEP_ON_SERVER state left after the backward";
+    }
+    EXPECT_EQ(fwd_bytes, static_cast<uint64_t>(plan_bytes.forward)) << what << "forward bytes";
+    EXPECT_EQ(bwd_bytes, static_cast<uint64_t>(c.resend ? plan_bytes.backward_resend : plan_bytes.backward_keep))
+        << what << "backward bytes";
+    EXPECT_EQ(metrics.bytes_sent, fwd_bytes + bwd_bytes);
+    EXPECT_NEAR(cost, plan_cost, 1e-9 * plan_cost) << what << "task cost served = the plan's";
+    EXPECT_GE(metrics.cost_imbalance, 1.0);
+    if (c.dedicated > 0 && W > 1) {
+      EXPECT_GT(fwd_bytes, 0u) << what;
+    }
+    // Server memory: KEEP_ON_SERVER holds Q, K, V, O, LSE between forward and backward; RESEND nothing.
+    if (c.resend) {
+      EXPECT_EQ(metrics.kept_bytes_peak, 0u) << what;
+    } else {
+      EXPECT_GT(metrics.kept_bytes_peak, 0u) << what;
+    }
+    if (me == 0 && std::getenv("CADTRAIN_TEST_VERBOSE") != nullptr) {
+      std::printf("  %s%s, server memory peak %llu B\n", what.c_str(), attention_servers::cad_step_line(metrics).c_str(),
+                  static_cast<unsigned long long>(metrics.kept_bytes_peak));
+    }
   }
 }
 
