@@ -10,11 +10,13 @@
 #include <string>
 #include <vector>
 
+#include "attention_servers/cad_from_config.h"
 #include "attention_servers/cad_metrics.h"
 #include "attention_servers/cad_step_plan.h"
 #include "attention_servers/cad_wire.h"
 #include "common/error.h"
 #include "common/rng.h"
+#include "configs/config.h"
 
 namespace cadtrain::attention_servers {
 namespace {
@@ -256,6 +258,35 @@ TEST(CadMetrics, ImbalanceIsMaxOverMeanOfTheServers) {
   EXPECT_EQ(cad_step_line(m), "cad imb 1.50/1.50 busy 6.0ms idle 4.0ms 150B sched 0.5ms");
   EXPECT_EQ(cad_step_json(m)["servers"].size(), 2u);
   EXPECT_THROW(summarize_cad_stats(ranks, {3}), Error);
+}
+
+}  // namespace
+}  // namespace cadtrain::attention_servers
+
+
+namespace cadtrain::attention_servers {
+namespace {
+
+TEST(CadFromConfig, TakesServersShardsAndBackwardModeFromTheConfig) {
+  config::RunConfig cfg;
+  cfg.mutable_parallel()->set_data_parallel(3);
+  cfg.mutable_attention()->set_strategy(config::CAD);
+  auto* cad = cfg.mutable_attention()->mutable_cad();
+  cad->set_shard_tokens(64);
+  cad->set_backward(config::RESEND);
+  CadRuntimeOptions o = cad_runtime_options(cfg);
+  EXPECT_EQ(o.trainers, 3u);
+  EXPECT_EQ(o.plan.scheduler.servers, 3u);
+  EXPECT_FALSE(o.plan.scheduler.dedicated);
+  EXPECT_TRUE(o.resend);
+  EXPECT_EQ(o.plan.shard_tokens, 64);
+  cad->set_mode(config::DEDICATED);
+  cad->set_dedicated_servers(2);
+  cad->set_backward(config::KEEP_ON_SERVER);
+  o = cad_runtime_options(cfg);
+  EXPECT_EQ(o.plan.scheduler.servers, 2u);
+  EXPECT_TRUE(o.plan.scheduler.dedicated);
+  EXPECT_FALSE(o.resend);
 }
 
 }  // namespace
