@@ -4,7 +4,8 @@
 // planner's predicted imbalance beside the measured one. Rank 0 holds one document of --tokens
 // tokens, every other rank the same number of tokens in 128-token documents. A step is forward
 // then backward of --layers layers (the model's order, one nano-batch). Busy = time in attention
-// kernels; step = wall time between barriers (max over ranks); best of --repeats steps.
+// kernels; step = wall time between barriers (max over ranks); best of --repeats steps. CAD runs
+// with either backward mode; 'server state kept' is the largest KEEP_ON_SERVER state of a server.
 //
 //   mpirun --oversubscribe -np 2 build/bench/cad_attention_bench [--tokens 4096] [--layers 2]
 #include <fmt/format.h>
@@ -43,6 +44,7 @@ struct Figures {
   std::vector<double> idle;  // per rank: CAD exchange time
   double step = 0;           // max over ranks
   double bytes = 0;          // payload over the wire, all ranks
+  double kept = 0;           // largest KEEP_ON_SERVER state of a server, bytes
 };
 
 double imbalance(const std::vector<double>& x) {
@@ -104,6 +106,9 @@ int main(int argc, char** argv) {
     opts.plan.scheduler.split_rows = std::min<int64_t>(128, shard);
     opts.plan.scheduler.bytes = attention_servers::row_bytes(heads, heads, dim, 4);
     attention_servers::CadAttention cad(*world, opts);
+    attention_servers::CadRuntimeOptions resend_opts = opts;
+    resend_opts.resend = true;
+    attention_servers::CadAttention cad_resend(*world, resend_opts);
     const auto local = kernels::make_local_task_attention();
 
     // One step of `attention`: forward every layer, backward every layer; returns kernel seconds
@@ -126,29 +131,33 @@ int main(int argc, char** argv) {
       }
       return seconds_since(t0);
     };
-    const auto measure = [&](kernels::CoreAttention& attention, bool is_cad) {
+    const auto measure = [&](kernels::CoreAttention& attention, attention_servers::CadAttention* cadp) {
+      const bool is_cad = cadp != nullptr;
       Figures best;
       best.step = 1e300;
       for (int r = 0; r < repeats; ++r) {
         world->barrier();
-        if (is_cad) cad.reset_stats();
+        if (is_cad) cadp->reset_stats();
         const auto t0 = Clock::now();
         const double busy_local = step(attention);
         world->barrier();
         std::vector<double> wall = {seconds_since(t0)};
         world->all_reduce(host_view(wall), parallel::ReduceOp::MAX);
-        std::vector<double> busy(static_cast<size_t>(P)), mine = {is_cad ? cad.stats().busy_s : busy_local};
+        std::vector<double> busy(static_cast<size_t>(P)), mine = {is_cad ? cadp->stats().busy_s : busy_local};
         world->all_gather(host_view(std::as_const(mine)), host_view(busy));
-        std::vector<double> idle(static_cast<size_t>(P)), my_idle = {is_cad ? cad.stats().exchange_s : 0.0};
+        std::vector<double> idle(static_cast<size_t>(P)), my_idle = {is_cad ? cadp->stats().exchange_s : 0.0};
         world->all_gather(host_view(std::as_const(my_idle)), host_view(idle));
-        std::vector<double> bytes = {is_cad ? static_cast<double>(cad.stats().bytes_sent) : 0.0};
+        std::vector<double> bytes = {is_cad ? static_cast<double>(cadp->stats().bytes_sent) : 0.0};
         world->all_reduce(host_view(bytes), parallel::ReduceOp::SUM);
-        if (wall[0] < best.step) best = {busy, idle, wall[0], bytes[0]};
+        std::vector<double> kept = {is_cad ? static_cast<double>(cadp->stats().kept_bytes_peak) : 0.0};
+        world->all_reduce(host_view(kept), parallel::ReduceOp::MAX);
+        if (wall[0] < best.step) best = {busy, idle, wall[0], bytes[0], kept[0]};
       }
       return best;
     };
-    const Figures loc = measure(*local, false);
-    const Figures cadf = measure(cad, true);
+    const Figures loc = measure(*local, nullptr);
+    const Figures cadf = measure(cad, &cad);
+    const Figures resf = measure(cad_resend, &cad_resend);
     // The planner's prediction: LOCAL's pair imbalance, CAD's scheduled load imbalance.
     std::vector<double> pairs(static_cast<size_t>(P)), my_pairs = {static_cast<double>(kernels::layout_pairs(layout))};
     world->all_gather(host_view(std::as_const(my_pairs)), host_view(pairs));
@@ -159,12 +168,17 @@ int main(int argc, char** argv) {
                  "{} heads x {}, {} layers fwd+bwd, shard {}, OMP threads {}\n\n",
                  P, tokens, heads, dim, layers, shard, omp_get_max_threads());
       bench::Table t({"strategy", "busy per rank (ms)", "exchange per rank (ms)", "busy imbalance (measured)",
-                      "imbalance (planner)", "step (ms)", "step vs LOCAL", "bytes/step"});
+                      "imbalance (planner)", "step (ms)", "step vs LOCAL", "bytes/step", "server state kept"});
       t.add({"LOCAL packing", ms_list(loc.busy), "-", fmt::format("{:.2f}", imbalance(loc.busy)),
-             fmt::format("{:.2f}", imbalance(pairs)), fmt::format("{:.0f}", 1e3 * loc.step), "1.00", "0"});
-      t.add({"CAD in place", ms_list(cadf.busy), ms_list(cadf.idle), fmt::format("{:.2f}", imbalance(cadf.busy)),
-             fmt::format("{:.2f}", cad_pred), fmt::format("{:.0f}", 1e3 * cadf.step),
-             fmt::format("{:.2f}", cadf.step / loc.step), fmt::format("{:.2f} MB", cadf.bytes / 1e6)});
+             fmt::format("{:.2f}", imbalance(pairs)), fmt::format("{:.0f}", 1e3 * loc.step), "1.00", "0", "-"});
+      const auto cad_row = [&](const char* name, const Figures& f) {
+        t.add({name, ms_list(f.busy), ms_list(f.idle), fmt::format("{:.2f}", imbalance(f.busy)),
+               fmt::format("{:.2f}", cad_pred), fmt::format("{:.0f}", 1e3 * f.step),
+               fmt::format("{:.2f}", f.step / loc.step), fmt::format("{:.2f} MB", f.bytes / 1e6),
+               fmt::format("{:.2f} MB", f.kept / 1e6)});
+      };
+      cad_row("CAD in place, KEEP_ON_SERVER", cadf);
+      cad_row("CAD in place, RESEND", resf);
       t.print();
     }
     return 0;
