@@ -63,8 +63,12 @@ TEST(Planner, PackingsPlaceEveryTokenOnce) {
   // Best fit never cuts a document that fits: 300 and 7 stay whole.
   for (const auto& rank : pack_best_fit(docs, 4, total / 4 + 1).ranks) {
     for (const Sequence& s : rank) {
-      if (s.doc_id == 1) EXPECT_EQ(s.length, 300);
-      if (s.doc_id == 3) EXPECT_EQ(s.length, 7);
+      if (s.doc_id == 1) {
+        EXPECT_EQ(s.length, 300);
+      }
+      if (s.doc_id == 3) {
+        EXPECT_EQ(s.length, 7);
+      }
     }
   }
 }
@@ -80,7 +84,7 @@ config::RunConfig small_cluster() {
 
 TEST(Planner, ClusterThatCannotHoldTheModelIsNamed) {
   config::RunConfig cfg = small_cluster();
-  cfg.mutable_cluster()->set_hbm_bytes(8e9);
+  cfg.mutable_cluster()->set_hbm_bytes(4e9);
   try {
     describe_machine(cfg);
     FAIL();
