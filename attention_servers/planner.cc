@@ -43,7 +43,8 @@ std::vector<std::string> assumptions(const config::RunConfig& cfg, const Machine
       fmt::format("model states 16 bytes per parameter sharded over all GPUs (ZeRO-3); activations {:.3g} bytes per "
                   "token{}",
                   m.activation_bytes_per_token, cfg.model().recompute_activations() ? " (recomputation on)" : ""),
-      "packing_dp: whole documents best-fit into equal token budgets (a document that fits nowhere is cut)",
+      "packing_dp: data parallelism with variable-length chunks: whole documents, largest compute first onto the least "
+      "loaded rank (compute as equal as the documents allow, token counts and memory unequal)",
       "percp_allgather: K/V all-gathered before attention and dK/dV reduce-scattered after it, not overlapped",
       "ring / tokenring: zigzag chunks; each step's transfer overlaps that step's attention",
       fmt::format("cad: the real scheduler (shard {} tokens, tolerance {}), bytes from its plan (K/V already on a "
