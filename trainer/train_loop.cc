@@ -4,9 +4,11 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <csignal>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <vector>
 
 #include "common/clock.h"
@@ -18,9 +20,13 @@
 #include "data/packing.h"
 #include "kernels/sgemm_peak.h"
 #include "trainer/batch.h"
+#include "trainer/metrics_history.h"
 #include "trainer/optimizer.h"
+#include "trainer/resume.h"
+#include "trainer/run_lock.h"
 #include "trainer/run_log.h"
 #include "trainer/session.h"
+#include "trainer/stop_signal.h"
 
 namespace cadtrain::trainer {
 namespace {
@@ -69,8 +75,25 @@ StepBatches next_step_batches(data::Packer& packer, uint32_t count) {
 TrainResult train(const config::RunConfig& cfg, const std::string& provenance, const std::string& resume_from) {
   check_supported(cfg);
   const std::string run_dir = config::run_dir(cfg);
-  const std::string ckpt_dir = cfg.checkpoint().dir().empty() ? run_dir + "/checkpoints" : cfg.checkpoint().dir();
-  fs::create_directories(ckpt_dir);
+  const std::string ckpt_dir = checkpoint_dir(cfg);
+  // One writer per run directory (and per checkpoint.dir elsewhere), held until train returns.
+  const RunLock run_lock(run_dir, "run directory");
+  std::optional<RunLock> ckpt_lock;
+  if (fs::absolute(ckpt_dir).lexically_normal() != fs::absolute(run_dir + "/checkpoints").lexically_normal()) {
+    ckpt_lock.emplace(ckpt_dir, "checkpoint directory");
+  }
+  ensure_directory(ckpt_dir, "checkpoint directory");
+  std::optional<ResumePoint> resumed;
+  if (!resume_from.empty()) {
+    resumed = find_resume_point(resume_from, false);
+    if (resumed->state.step >= cfg.schedule().total_steps()) {
+      fail("{} is at step {} and schedule.total_steps is {}: nothing left to train (raise schedule.total_steps "
+           "to continue)",
+           resumed->path, resumed->state.step, cfg.schedule().total_steps());
+    }
+  }
+  const RunStart start = plan_run_start(ckpt_dir, resumed ? resumed->path : "", resumed ? &resumed->state : nullptr);
+  const StopSignals stop_signals;
   config::write_effective_config(cfg, provenance, run_dir + "/config.pbtxt");
 
   if (cfg.data().generate_if_missing()) {
@@ -99,8 +122,9 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   Rng rng(cfg.seed(), 0x7261696eULL);  // reserved for stochastic training features; checkpointed
 
   uint64_t step = 0;
-  if (!resume_from.empty()) {
-    const std::string path = resolve_checkpoint(resume_from);
+  for (const std::string& note : start.notes) fmt::print("{}\n", note);
+  if (resumed) {
+    const std::string& path = resumed->path;
     const TrainingState state = load_checkpoint(path, checkpoint_tensors(model, &optimizer));
     step = state.step;
     optimizer.set_steps_done(step);
@@ -113,7 +137,14 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
 
   const ModelDims& dims = model.dims();
   const double peak_gflops = kernels::measure_sgemm_gflops();
-  RunLog log(run_dir + "/" + cfg.logging().metrics_file(), !resume_from.empty(), cfg.logging().log_every());
+  const std::string metrics_path = run_dir + "/" + cfg.logging().metrics_file();
+  const bool continuing = start.kind == StartKind::kContinue;
+  if (continuing) {
+    if (const uint64_t dropped = keep_metrics_up_to(metrics_path, step); dropped > 0) {
+      fmt::print("dropped {} lines of {} logged after step {} (those steps run again)\n", dropped, metrics_path, step);
+    }
+  }
+  RunLog log(metrics_path, continuing, cfg.logging().log_every());
   const uint64_t tokens_step = tokens_mb * cfg.data().grad_accumulation();
   log.table({{"run directory", run_dir},
              {"model", fmt::format("{} layers, d_model {}, {} heads ({} kv), head_dim {}, ffn {}, vocab {}{}",
@@ -137,17 +168,33 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     result.evaluated = true;
     log.eval(at, "eval", result.eval);
   };
+  uint64_t last_saved = step;
   const auto save = [&](uint64_t at) {
     TrainingState state;
     state.step = at;
     state.data_position = packer.position();
     std::copy(rng.state(), rng.state() + 4, state.rng_state.begin());
     state.config_text = config::effective_config_text(cfg, provenance);
+    state.run_id = start.run_id;
     result.checkpoint = save_checkpoint(ckpt_dir, state, checkpoint_tensors(model, &optimizer), cfg.checkpoint().keep_last());
+    last_saved = at;
+  };
+  // A first SIGINT/SIGTERM stops between steps: the finished steps are checkpointed, nothing is
+  // left half-written, and the exit status says the run did not finish.
+  const auto stop_if_signalled = [&] {
+    const int signal = StopSignals::received();
+    if (signal == 0) return;
+    if (step > last_saved) save(step);
+    const std::string latest = !result.checkpoint.empty() ? result.checkpoint : resumed ? resumed->path : "";
+    fail("stopped by {} after step {} of {}; {}", signal == SIGINT ? "SIGINT" : "SIGTERM", step,
+         cfg.schedule().total_steps(),
+         latest.empty() ? std::string("no checkpoint was written")
+                        : fmt::format("checkpoint {}; continue with: cadtrain train --resume {}", latest, run_dir));
   };
 
   bool first = true;
   while (step < cfg.schedule().total_steps()) {
+    stop_if_signalled();
     StepMetrics m;
     const double t0 = now_seconds();
     const StepBatches batches = next_step_batches(packer, cfg.data().grad_accumulation());
