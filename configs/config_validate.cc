@@ -166,7 +166,7 @@ bool stays_inside(const std::string& relative) {
 void check_run(const RunConfig& cfg, std::vector<Problem>& problems) {
   if (cfg.name().empty() || cfg.name().find('/') != std::string::npos || cfg.name() == "." || cfg.name() == "..") {
     problems.push_back(
-        {"name", fmt::format("name \"{}\" must be non-empty, not . or .., and contain no '/'", cfg.name())});
+        {"name", fmt::format("name \"{}\" must be non-empty and contain no '/' (nor be . or ..)", cfg.name())});
   }
   if (cfg.schedule().warmup_steps() > cfg.schedule().total_steps()) {
     problems.push_back({"schedule.warmup_steps",
