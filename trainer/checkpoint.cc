@@ -42,7 +42,6 @@ constexpr const char* kDataEpoch = "data_epoch";
 constexpr const char* kDataDocCursor = "data_doc_cursor";
 constexpr const char* kDataTokenOffset = "data_token_offset";
 constexpr const char* kDataMicroBatches = "data_micro_batches";
-constexpr const char* kRngState = "rng_state";
 constexpr const char* kRunId = "run_id";
 constexpr const char* kMetadataCrc = "metadata_crc64";
 
@@ -155,7 +154,6 @@ uint64_t metadata_checksum(uint64_t version, const TrainingState& state) {
                            state.data_position.token_offset, state.data_position.micro_batches, state.run_id}) {
     crc.update_u64(v);
   }
-  for (const uint64_t v : state.rng_state) crc.update_u64(v);
   crc.update_u64(state.config_text.size());
   crc.update(state.config_text);
   return crc.value();
@@ -169,7 +167,6 @@ void write_state(hid_t file, const TrainingState& state) {
   write_u64_attribute(file, kDataDocCursor, &pos.doc_cursor, 1);
   write_u64_attribute(file, kDataTokenOffset, &pos.token_offset, 1);
   write_u64_attribute(file, kDataMicroBatches, &pos.micro_batches, 1);
-  write_u64_attribute(file, kRngState, state.rng_state.data(), state.rng_state.size());
   write_u64_attribute(file, kRunId, &state.run_id, 1);
   const uint64_t crc = metadata_checksum(kFormatVersion, state);
   write_u64_attribute(file, kMetadataCrc, &crc, 1);
@@ -361,16 +358,14 @@ TrainingState read_state(hid_t file) {
   state.data_position.doc_cursor = read_u64(file, kDataDocCursor);
   state.data_position.token_offset = read_u64(file, kDataTokenOffset);
   state.data_position.micro_batches = read_u64(file, kDataMicroBatches);
-  read_u64_attribute(file, kRngState, state.rng_state.data(),
-                     static_cast<hssize_t>(state.rng_state.size()));
   state.config_text = read_config(file);
   if (version >= 2) {
     state.run_id = read_u64(file, kRunId);
     const uint64_t stored = read_u64(file, kMetadataCrc);
     const uint64_t computed = metadata_checksum(version, state);
     if (stored != computed) {
-      fail("metadata checksum mismatch (stored {:016x}, computed {:016x}): the step, data position, RNG state, "
-           "run id or saved config was altered after writing",
+      fail("metadata checksum mismatch (stored {:016x}, computed {:016x}): the step, data position, run id or "
+           "saved config was altered after writing",
            stored, computed);
     }
   }
