@@ -18,7 +18,7 @@ namespace {
 
 std::vector<uint32_t> pool_sizes(const config::RunConfig& cfg, uint32_t ranks) {
   std::vector<double> fractions(cfg.planner().pool_fractions().begin(), cfg.planner().pool_fractions().end());
-  if (fractions.empty()) fractions = {1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4};
+  if (fractions.empty()) fractions = {1.0 / 16, 1.0 / 8, 1.0 / 4, 3.0 / 8, 1.0 / 2, 5.0 / 8};
   std::set<uint32_t> sizes;
   for (double f : fractions) {
     if (!(f > 0 && f < 1)) fail("planner.pool_fractions: {} is not in (0, 1)", f);
@@ -43,12 +43,13 @@ std::vector<std::string> assumptions(const config::RunConfig& cfg, const Machine
       fmt::format("model states 16 bytes per parameter sharded over all GPUs (ZeRO-3); activations {:.3g} bytes per "
                   "token{}",
                   m.activation_bytes_per_token, cfg.model().recompute_activations() ? " (recomputation on)" : ""),
-      "packing_dp: whole documents best-fit into equal token budgets (a document that fits nowhere is cut)",
+      "packing_dp: data parallelism with variable-length chunks: whole documents, largest compute first onto the least "
+      "loaded rank (compute as equal as the documents allow, token counts and memory unequal)",
       "percp_allgather: K/V all-gathered before attention and dK/dV reduce-scattered after it, not overlapped",
       "ring / tokenring: zigzag chunks; each step's transfer overlaps that step's attention",
       fmt::format("cad: the real scheduler (shard {} tokens, tolerance {}), bytes from its plan (K/V already on a "
-                  "server free, sent once per server); ping-pong {} hides transfers behind the other nano-batch's "
-                  "linear layers; backward {}",
+                  "server free, sent once per server); ping-pong {} hides a layer's transfers behind the other "
+                  "nano-batch's compute of that layer; backward {}",
                   cfg.attention().cad().shard_tokens(), cfg.attention().cad().tolerance(),
                   cfg.attention().cad().ping_pong() ? "on" : "off",
                   cfg.attention().cad().backward() == config::KEEP_ON_SERVER ? "keeps Q/K/V/O/LSE on the server"
@@ -88,7 +89,7 @@ PlannerReport run_planner(const config::RunConfig& cfg) {
   for (size_t s = 0; s < rep.batches[0].size(); ++s) {
     StrategyResult avg = rep.batches[0][s];
     avg.compute_imbalance = avg.idle_fraction = avg.exposed_comm_fraction = avg.step_time_s = 0;
-    avg.bytes_moved = avg.bytes_published_count = 0;
+    avg.bytes_moved = avg.bytes_published_count = avg.bytes_forward = 0;
     for (const auto& batch : rep.batches) {
       const StrategyResult& r = batch[s];
       avg.compute_imbalance += r.compute_imbalance / n;
@@ -97,7 +98,9 @@ PlannerReport run_planner(const config::RunConfig& cfg) {
       avg.step_time_s += r.step_time_s / n;
       avg.bytes_moved += r.bytes_moved / n;
       avg.bytes_published_count += r.bytes_published_count / n;
+      avg.bytes_forward += r.bytes_forward / n;
       avg.balanced = avg.balanced && r.balanced;
+      avg.fits_memory = avg.fits_memory && r.fits_memory;
     }
     rep.mean.push_back(std::move(avg));
   }

@@ -73,7 +73,11 @@ class Simulator {
   StrategyResult packing(const std::vector<int64_t>& docs) const {
     StrategyResult r;
     r.strategy = "packing_dp";
-    const BatchLayout b = pack_best_fit(docs, m_.ranks, m_.tokens_per_rank);
+    auto doc_cost = [](int64_t len, const void* self) {
+      const auto* sim = static_cast<const Simulator*>(self);
+      return sim->linear_s(static_cast<double>(len)) + sim->attention_s(pairs_of(0, len));
+    };
+    const BatchLayout b = pack_by_cost(docs, m_.ranks, doc_cost, this);
     for (const auto& seqs : b.ranks) {
       RankFigures k;
       double pairs = 0;
@@ -87,7 +91,7 @@ class Simulator {
       r.ranks.push_back(k);
     }
     summarize(r, max_busy(r));
-    r.note = "whole documents best-fit into equal token budgets; a document that fits nowhere is cut";
+    r.note = "variable-length chunks: whole documents placed largest compute first on the least loaded rank";
     return r;
   }
 
@@ -226,6 +230,7 @@ class Simulator {
         }
       }
     }
+    r.bytes_forward = static_cast<double>(plan.bytes().forward()) * static_cast<double>(m_.layers);
     r.bytes_published_count =
         static_cast<double>(plan.bytes().charging_local_kv()) * static_cast<double>(m_.layers);
     auto seconds = [&](const Dir& d) { return d.intra / m_.bw_intra + d.inter / m_.bw_inter; };
@@ -240,10 +245,10 @@ class Simulator {
       k.bytes_sent = L * (fs[w].intra + fs[w].inter + bs[w].intra + bs[w].inter);
       k.bytes_received = L * (fr[w].intra + fr[w].inter + br[w].intra + br[w].inter);
       if (ping_pong) {
-        // The other nano-batch's work of this layer (linear layers on trainers, attention on
-        // dedicated servers) runs while this one's transfers are in flight.
-        const double hide_f = (k.linear_s + (dedicated ? k.attention_s : 0)) / 3 / L;
-        const double hide_b = 2 * hide_f;
+        // The other nano-batch's compute of this layer (its linear layers and, on a rank that
+        // serves, its core attention) runs while this one's transfers are in flight.
+        const double hide_f = (k.linear_s / 3 + k.attention_s / 3.5) / L;
+        const double hide_b = (2 * k.linear_s / 3 + 2.5 * k.attention_s / 3.5) / L;
         k.exposed_comm_s = L * (std::max(0.0, tf + lat - hide_f) + std::max(0.0, tb + lat - hide_b));
       } else {
         k.exposed_comm_s = k.comm_s;
@@ -341,17 +346,27 @@ std::vector<StrategyResult> simulate_batch(const config::RunConfig& cfg, const M
     if (s == 0 || s >= m.ranks) continue;
     pools.push_back(sim.cad(docs, s));
   }
+  auto fits = [&](const StrategyResult& r) {
+    for (const auto& k : r.ranks) {
+      if (k.memory_bytes > m.hbm) return false;
+    }
+    return true;
+  };
   if (!pools.empty()) {
+    // The fastest pool that fits in memory (the fastest of all when none fits).
     size_t best = 0;
     for (size_t i = 1; i < pools.size(); ++i) {
-      if (pools[i].step_time_s < pools[best].step_time_s) best = i;
+      const bool better_fit = fits(pools[i]) && !fits(pools[best]);
+      const bool same_fit = fits(pools[i]) == fits(pools[best]);
+      if (better_fit || (same_fit && pools[i].step_time_s < pools[best].step_time_s)) best = i;
     }
     StrategyResult r = pools[best];
     std::string tried;
-    for (const auto& p : pools) tried += fmt::format(" {}:{:.3f}s", p.servers, p.step_time_s);
+    for (const auto& p : pools) tried += fmt::format(" {}:{:.3f}s{}", p.servers, p.step_time_s, fits(p) ? "" : "(OOM)");
     r.note += "; pool sizes tried (servers:step)" + tried;
     out.push_back(std::move(r));
   }
+  for (auto& r : out) r.fits_memory = fits(r);
   const double base = out.front().step_time_s;
   for (auto& r : out) r.speedup_vs_packing = r.step_time_s > 0 ? base / r.step_time_s : 1;
   return out;

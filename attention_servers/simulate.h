@@ -9,8 +9,9 @@
 // optimizer step are the same for every strategy and left out; model states take 16 bytes per
 // parameter sharded over all GPUs (ZeRO-3); per-document CP all-gathers K/V before attention and
 // reduce-scatters dK/dV after it without overlap; ring and TokenRing overlap each step's transfer
-// with that step's compute; CAD hides communication behind the other nano-batch's linear layers
-// when ping-pong is on; an all-to-all finishes when its busiest rank finishes.
+// with that step's compute; with ping-pong, CAD hides a layer's transfers behind the other
+// nano-batch's compute of that layer (linear layers, and core attention on a rank that serves);
+// an all-to-all finishes when its busiest rank finishes.
 #pragma once
 
 #include <cstdint>
@@ -40,8 +41,10 @@ struct StrategyResult {
   double compute_imbalance = 1, idle_fraction = 0, exposed_comm_fraction = 0, step_time_s = 0;
   double speedup_vs_packing = 1;
   double bytes_moved = 0;           // all ranks, per step
-  double bytes_published_count = 0; // CAD: the same plan's bytes counted the published way
+  double bytes_forward = 0;          // CAD: forward dispatch + return bytes, all layers (ours)
+  double bytes_published_count = 0;  // CAD: the same, counted the published way (local K/V charged)
   bool balanced = true;             // CAD: the scheduler met its tolerance
+  bool fits_memory = true;          // every rank's memory within its HBM
   std::string note;
 };
 

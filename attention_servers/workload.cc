@@ -104,36 +104,24 @@ BatchLayout pack_in_order(const std::vector<int64_t>& docs, uint32_t ranks, int6
   return b;
 }
 
-BatchLayout pack_best_fit(const std::vector<int64_t>& docs, uint32_t ranks, int64_t tokens_per_rank) {
+BatchLayout pack_by_cost(const std::vector<int64_t>& docs, uint32_t ranks, double (*cost)(int64_t, const void*),
+                         const void* ctx) {
+  std::vector<double> c(docs.size());
   std::vector<size_t> order(docs.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return docs[a] > docs[b]; });
+  for (size_t i = 0; i < docs.size(); ++i) {
+    c[i] = cost(docs[i], ctx);
+    order[i] = i;
+  }
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return c[a] > c[b]; });
   BatchLayout b;
   b.ranks.resize(ranks);
-  // (room, -rank): the rank with the most room, lowest index first.
-  std::priority_queue<std::pair<int64_t, int64_t>> room;
-  for (uint32_t r = 0; r < ranks; ++r) room.push({tokens_per_rank, -static_cast<int64_t>(r)});
-  uint64_t next_id = docs.size();
-  std::vector<std::pair<int64_t, size_t>> left;  // documents cut: (tokens still to place, doc)
+  std::priority_queue<std::pair<double, int64_t>> least;  // (-cost, -rank): least cost, lowest rank
+  for (uint32_t r = 0; r < ranks; ++r) least.push({0.0, -static_cast<int64_t>(r)});
   for (size_t d : order) {
-    auto [free, neg] = room.top();
-    const int64_t take = std::min(free, docs[d]);
-    if (take <= 0) break;
-    room.pop();
-    b.ranks[static_cast<size_t>(-neg)].push_back(Sequence{d, 0, take});
-    room.push({free - take, neg});
-    if (take < docs[d]) left.push_back({docs[d] - take, d});
-  }
-  // Cut remainders fill the remaining room as separate documents (their prefix is elsewhere).
-  for (auto [tokens, d] : left) {
-    while (tokens > 0 && room.top().first > 0) {
-      auto [free, neg] = room.top();
-      room.pop();
-      const int64_t take = std::min(free, tokens);
-      b.ranks[static_cast<size_t>(-neg)].push_back(Sequence{next_id++, 0, take});
-      room.push({free - take, neg});
-      tokens -= take;
-    }
+    auto [neg_cost, neg_rank] = least.top();
+    least.pop();
+    b.ranks[static_cast<size_t>(-neg_rank)].push_back(Sequence{d, 0, docs[d]});
+    least.push({neg_cost - c[d], neg_rank});
   }
   return b;
 }

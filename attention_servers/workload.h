@@ -39,9 +39,10 @@ std::vector<int64_t> draw_documents(const LengthSampler& sampler, int64_t tokens
 // its whole prefix). Document ids are their indices.
 BatchLayout pack_in_order(const std::vector<int64_t>& docs, uint32_t ranks, int64_t tokens_per_rank);
 
-// Packs whole documents (largest first, each into the rank with the most room) as data
-// parallelism with variable-length documents does; a document that fits nowhere whole is cut and
-// its pieces attend only within themselves (separate document ids).
-BatchLayout pack_best_fit(const std::vector<int64_t>& docs, uint32_t ranks, int64_t tokens_per_rank);
+// Variable-length chunks: whole documents (never cut), largest cost first, each onto the rank with
+// the least cost so far, where cost(length) is the caller's compute model; ranks end with equal
+// compute as far as the documents allow and unequal token counts (memory).
+BatchLayout pack_by_cost(const std::vector<int64_t>& docs, uint32_t ranks, double (*cost)(int64_t, const void*),
+                         const void* ctx);
 
 }  // namespace cadtrain::attention_servers

@@ -46,27 +46,40 @@ TEST(Planner, DoclensFilesAreValidated) {
   EXPECT_NE(error_of(dir / "missing.json").find("missing.json"), std::string::npos);
 }
 
+double quadratic(int64_t len, const void*) { return static_cast<double>(len) * static_cast<double>(len); }
+
 TEST(Planner, PackingsPlaceEveryTokenOnce) {
   const std::vector<int64_t> docs = {5000, 300, 2000, 7, 1500, 900, 4100, 180};
   int64_t total = 0;
   for (int64_t d : docs) total += d;
-  for (const BatchLayout& b : {pack_best_fit(docs, 4, total / 4 + 1), pack_in_order(docs, 4, total / 4 + 1)}) {
-    int64_t placed = 0;
-    for (const auto& rank : b.ranks) {
-      int64_t n = 0;
-      for (const Sequence& s : rank) n += s.length;
-      EXPECT_LE(n, total / 4 + 1);
-      placed += n;
-    }
-    EXPECT_EQ(placed, total);
+  const BatchLayout in_order = pack_in_order(docs, 4, total / 4 + 1);
+  int64_t placed = 0;
+  for (const auto& rank : in_order.ranks) {
+    int64_t n = 0;
+    for (const Sequence& s : rank) n += s.length;
+    EXPECT_LE(n, total / 4 + 1);
+    placed += n;
   }
-  // Best fit never cuts a document that fits: 300 and 7 stay whole.
-  for (const auto& rank : pack_best_fit(docs, 4, total / 4 + 1).ranks) {
+  EXPECT_EQ(placed, total);
+  // Variable-length chunks: every document whole, exactly once; loads within one document's cost
+  // of each other (largest first onto the least loaded rank).
+  const BatchLayout by_cost = pack_by_cost(docs, 3, quadratic, nullptr);
+  std::vector<int> seen(docs.size(), 0);
+  std::vector<double> load;
+  for (const auto& rank : by_cost.ranks) {
+    double l = 0;
     for (const Sequence& s : rank) {
-      if (s.doc_id == 1) EXPECT_EQ(s.length, 300);
-      if (s.doc_id == 3) EXPECT_EQ(s.length, 7);
+      EXPECT_EQ(s.length, docs[s.doc_id]);
+      EXPECT_EQ(s.first_pos, 0);
+      seen[s.doc_id]++;
+      l += quadratic(s.length, nullptr);
     }
+    load.push_back(l);
   }
+  for (int n : seen) EXPECT_EQ(n, 1);
+  // 5000^2 alone on one rank; 4100^2 + small ones on another; the rest on the third.
+  EXPECT_EQ(by_cost.ranks[0].size(), 1u);
+  EXPECT_EQ(by_cost.ranks[0][0].doc_id, 0u);
 }
 
 config::RunConfig small_cluster() {
@@ -80,7 +93,7 @@ config::RunConfig small_cluster() {
 
 TEST(Planner, ClusterThatCannotHoldTheModelIsNamed) {
   config::RunConfig cfg = small_cluster();
-  cfg.mutable_cluster()->set_hbm_bytes(8e9);
+  cfg.mutable_cluster()->set_hbm_bytes(4e9);
   try {
     describe_machine(cfg);
     FAIL();
