@@ -97,14 +97,14 @@ void add_distill_metrics(const config::DistillConfig& cfg, DistillTeacher& teach
 }
 
 LossSum forward_backward_micro_batch(Model& model, DistillTeacher* teacher, const data::MicroBatch& mb,
-                                     float grad_scale) {
+                                     float grad_scale, GradientSync* grad_sync) {
   Batch batch = batch_view(mb);
   if (teacher != nullptr) {
     teacher->prefetch(mb);
     batch.distill = [teacher] { return teacher->wait(); };
   }
   try {
-    return model.forward_backward(batch, grad_scale);
+    return model.forward_backward(batch, grad_scale, grad_sync);
   } catch (...) {
     if (teacher != nullptr) teacher->drain();
     throw;

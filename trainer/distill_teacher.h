@@ -66,6 +66,6 @@ void add_distill_metrics(const config::DistillConfig& cfg, DistillTeacher& teach
 // One micro-batch's forward and backward, with the teacher's rows when teacher is not null (read
 // in the background while the layers run).
 LossSum forward_backward_micro_batch(Model& model, DistillTeacher* teacher, const data::MicroBatch& mb,
-                                     float grad_scale);
+                                     float grad_scale, GradientSync* grad_sync);
 
 }  // namespace cadtrain::trainer
