@@ -526,6 +526,156 @@ TrainingState verify_checkpoint(const std::string& path) {
   });
 }
 
+// ---- streaming access (merge and other tools) ----
+
+struct CheckpointReader::Impl {
+  std::string path;
+  h5::File file;
+  TrainingState state;
+
+  // The group, or an invalid handle when the file has none of that name.
+  Group open_group(const char* group) const {
+    const std::string what = fmt::format("cannot open group {}", group);
+    if (h5::check(H5Lexists(file.get(), group, H5P_DEFAULT), what) == 0) return Group();
+    return h5::own<Group>(H5Gopen2(file.get(), group, H5P_DEFAULT), what);
+  }
+};
+
+CheckpointReader::CheckpointReader(const std::string& path) : impl_(std::make_unique<Impl>()) {
+  impl_->path = path;
+  with_context(path, [&] {
+    auto guard = h5::lock();
+    impl_->file = open_file(path);
+    impl_->state = read_state(impl_->file.get());
+  });
+}
+
+CheckpointReader::~CheckpointReader() = default;
+CheckpointReader::CheckpointReader(CheckpointReader&&) noexcept = default;
+
+const std::string& CheckpointReader::path() const { return impl_->path; }
+const TrainingState& CheckpointReader::state() const { return impl_->state; }
+
+std::vector<std::string> CheckpointReader::tensor_names(const char* group) const {
+  return with_context(impl_->path, [&] {
+    auto guard = h5::lock();
+    std::vector<std::string> names;
+    const Group g = impl_->open_group(group);
+    if (!g.valid()) return names;
+    const std::string what = fmt::format("cannot list group {}", group);
+    H5G_info_t info;
+    h5::check(H5Gget_info(g.get(), &info), what);
+    for (hsize_t i = 0; i < info.nlinks; ++i) {
+      const ssize_t size = H5Lget_name_by_idx(g.get(), ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
+      h5::check(static_cast<int>(size < 0 ? -1 : 0), what);
+      std::string name(static_cast<size_t>(size), '\0');
+      h5::check(static_cast<int>(H5Lget_name_by_idx(g.get(), ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(),
+                                                    name.size() + 1, H5P_DEFAULT) < 0 ? -1 : 0),
+                what);
+      names.push_back(std::move(name));
+    }
+    return names;
+  });
+}
+
+std::vector<int64_t> CheckpointReader::shape(const char* group, const std::string& name) const {
+  return with_context(impl_->path, [&] {
+    auto guard = h5::lock();
+    const std::string full = fmt::format("{}/{}", group, name);
+    const Group g = impl_->open_group(group);
+    const std::string what = fmt::format("cannot read tensor {}", full);
+    if (!g.valid() || h5::check(H5Lexists(g.get(), name.c_str(), H5P_DEFAULT), what) == 0) {
+      fail("tensor {} is missing", full);
+    }
+    auto dataset = h5::own<h5::Dataset>(H5Dopen2(g.get(), name.c_str(), H5P_DEFAULT), what);
+    const std::vector<hsize_t> dims = stored_shape(dataset.get(), what);
+    return std::vector<int64_t>(dims.begin(), dims.end());
+  });
+}
+
+void CheckpointReader::read(const char* group, const TensorRef& tensor) const {
+  with_context(impl_->path, [&] {
+    auto guard = h5::lock();
+    const Group g = impl_->open_group(group);
+    if (!g.valid()) fail("tensor {}/{} is missing (the file has no group {})", group, tensor.name, group);
+    read_tensor(g.get(), group, tensor);
+  });
+}
+
+struct CheckpointWriter::Impl {
+  std::string path;
+  std::string tmp;
+  h5::File file;
+  std::vector<std::pair<std::string, Group>> groups;
+  std::set<std::string> written;  // "group/name"
+  bool committed = false;
+
+  hid_t group(const char* name) {
+    for (const auto& [n, g] : groups) {
+      if (n == name) return g.get();
+    }
+    const std::string what = fmt::format("{}: cannot create group {}", tmp, name);
+    groups.emplace_back(name, h5::own<Group>(H5Gcreate2(file.get(), name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), what));
+    return groups.back().second.get();
+  }
+};
+
+CheckpointWriter::CheckpointWriter(const std::string& path, const TrainingState& state)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->path = path;
+  impl_->tmp = path + ".tmp";
+  with_context(fmt::format("cannot write checkpoint {}", path), [&] {
+    const fs::path parent = fs::path(path).parent_path();
+    std::error_code ec;
+    if (!parent.empty()) fs::create_directories(parent, ec);
+    if (ec) fail("cannot create the directory: {}", ec.message());
+    auto guard = h5::lock();
+    auto fapl = h5::file_access_list();
+    h5::check(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V110, H5F_LIBVER_V110),
+              "cannot set format version bounds");
+    impl_->file = h5::own<h5::File>(H5Fcreate(impl_->tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
+                                    fmt::format("cannot create {}", impl_->tmp));
+    write_state(impl_->file.get(), state);
+  });
+}
+
+CheckpointWriter::~CheckpointWriter() {
+  if (impl_ == nullptr || impl_->committed) return;
+  {
+    auto guard = h5::lock();
+    impl_->groups.clear();
+    impl_->file.reset();
+  }
+  std::error_code ec;
+  fs::remove(impl_->tmp, ec);
+}
+
+void CheckpointWriter::write(const char* group, const TensorRef& tensor) {
+  with_context(fmt::format("cannot write checkpoint {}", impl_->path), [&] {
+    if (impl_->committed) fail("already committed");
+    validate_tensors(group, {tensor});
+    if (!impl_->written.insert(fmt::format("{}/{}", group, tensor.name)).second) {
+      fail("tensor {}/{} is written twice", group, tensor.name);
+    }
+    auto guard = h5::lock();
+    write_tensor(impl_->group(group), group, tensor);
+  });
+}
+
+void CheckpointWriter::commit() {
+  with_context(fmt::format("cannot write checkpoint {}", impl_->path), [&] {
+    if (impl_->committed) fail("already committed");
+    {
+      auto guard = h5::lock();
+      for (auto& [name, g] : impl_->groups) g.close(fmt::format("cannot close group {}", name));
+      impl_->groups.clear();
+      impl_->file.close(fmt::format("cannot close {}", impl_->tmp));
+    }
+    publish_file(impl_->tmp, impl_->path);
+    impl_->committed = true;
+  });
+}
+
 std::vector<std::string> list_checkpoint_files(const std::string& dir) {
   std::vector<std::string> out;
   for (const auto& [step, path] : list_checkpoints(dir.empty() ? fs::path(".") : fs::path(dir))) {
