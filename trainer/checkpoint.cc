@@ -28,8 +28,10 @@ namespace {
 namespace fs = std::filesystem;
 using Group = h5::Handle<H5Gclose>;
 
-// 2 added run_id and metadata_crc64; version 1 files are read without them.
-constexpr uint32_t kFormatVersion = 2;
+// 2 added run_id and metadata_crc64 (version 1 files are read without them); 3 stores /config
+// as uint8 bytes instead of a variable-length string, whose data sits in HDF5's global heap
+// without a checksum: a damaged heap entry there made HDF5 loop forever (found by fuzzing).
+constexpr uint32_t kFormatVersion = 3;
 constexpr uint32_t kOldestReadableVersion = 1;
 
 constexpr const char* kParams = "params";
@@ -132,15 +134,13 @@ h5::Type string_type(const std::string& what) {
   return type;
 }
 
-void write_config(hid_t file, const std::string& text) {
+void write_config_bytes(hid_t file, const std::string& text) {
   const std::string what = fmt::format("cannot write /{}", kConfig);
-  auto type = string_type(what);
-  auto space = h5::own<h5::Space>(H5Screate(H5S_SCALAR), what);
+  const hsize_t n = text.size();
+  auto space = h5::own<h5::Space>(H5Screate_simple(1, &n, nullptr), what);
   auto dataset = h5::own<h5::Dataset>(
-      H5Dcreate2(file, kConfig, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
-      what);
-  const char* data = text.c_str();
-  h5::check(H5Dwrite(dataset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, &data), what);
+      H5Dcreate2(file, kConfig, H5T_STD_U8LE, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), what);
+  if (n > 0) h5::check(H5Dwrite(dataset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data()), what);
   dataset.close(what);
 }
 
@@ -170,7 +170,7 @@ void write_state(hid_t file, const TrainingState& state) {
   write_u64_attribute(file, kRunId, &state.run_id, 1);
   const uint64_t crc = metadata_checksum(kFormatVersion, state);
   write_u64_attribute(file, kMetadataCrc, &crc, 1);
-  write_config(file, state.config_text);
+  write_config_bytes(file, state.config_text);
 }
 
 std::vector<hsize_t> dims_of(const std::vector<int64_t>& shape) {
@@ -326,7 +326,25 @@ uint64_t read_u64(hid_t file, const char* name) {
   return value;
 }
 
-std::string read_config(hid_t file) {
+uint64_t file_size_of(hid_t object);
+
+std::string read_config_bytes(hid_t file) {
+  const std::string what = fmt::format("cannot read /{}", kConfig);
+  if (h5::check(H5Lexists(file, kConfig, H5P_DEFAULT), what) == 0) fail("missing /{}", kConfig);
+  auto dataset = h5::own<h5::Dataset>(H5Dopen2(file, kConfig, H5P_DEFAULT), what);
+  auto type = h5::own<h5::Type>(H5Dget_type(dataset.get()), what);
+  if (H5Tget_class(type.get()) != H5T_INTEGER || H5Tget_size(type.get()) != 1) fail("/{} is not uint8 bytes", kConfig);
+  auto space = h5::own<h5::Space>(H5Dget_space(dataset.get()), what);
+  if (h5::check(H5Sget_simple_extent_ndims(space.get()), what) != 1) fail("/{} is not 1-D", kConfig);
+  hsize_t n = 0;
+  h5::check(H5Sget_simple_extent_dims(space.get(), &n, nullptr), what);
+  h5::check_fully_written(dataset.get(), "/config", n, 1, file_size_of(file));
+  std::string text(n, '\0');
+  if (n > 0) h5::check(H5Dread(dataset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data()), what);
+  return text;
+}
+
+std::string read_config_string(hid_t file) {
   const std::string what = fmt::format("cannot read /{}", kConfig);
   if (h5::check(H5Lexists(file, kConfig, H5P_DEFAULT), what) == 0) fail("missing /{}", kConfig);
   auto dataset = h5::own<h5::Dataset>(H5Dopen2(file, kConfig, H5P_DEFAULT), what);
@@ -358,7 +376,7 @@ TrainingState read_state(hid_t file) {
   state.data_position.doc_cursor = read_u64(file, kDataDocCursor);
   state.data_position.token_offset = read_u64(file, kDataTokenOffset);
   state.data_position.micro_batches = read_u64(file, kDataMicroBatches);
-  state.config_text = read_config(file);
+  state.config_text = version >= 3 ? read_config_bytes(file) : read_config_string(file);
   if (version >= 2) {
     state.run_id = read_u64(file, kRunId);
     const uint64_t stored = read_u64(file, kMetadataCrc);

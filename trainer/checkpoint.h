@@ -7,8 +7,9 @@
 // tensor, named as the model names it, with its shape), attributes step, format_version,
 // data_epoch, data_doc_cursor, data_token_offset, data_micro_batches, run_id (uint64),
 // metadata_crc64 (uint64: CRC-64 of the attributes above and the config text, which HDF5 stores
-// without a checksum of its own), and a string dataset /config (the effective config, text
-// format). format_version 1 files (no run_id, no metadata checksum) are still read. Training
+// without a checksum of its own), and a uint8 dataset /config (the effective config, text format,
+// as bytes). Versions 1 (no run_id, no metadata checksum) and 2 stored /config as a
+// variable-length string; both are still read. Training
 // draws no random numbers (data order is a function of (seed, epoch)), so no RNG state is saved;
 // an rng_state attribute of older files is ignored.
 #pragma once
