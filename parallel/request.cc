@@ -33,8 +33,9 @@ bool PendingOp::poll() {
 
 void PendingOp::fail_timeout(double waited_s) {
   timed_out_ = true;
+  on_timeout();
   watchdog_->publish_timed_out();
-  throw CommTimeout(watchdog_->timeout_message(description_, waited_s, waiting_for()));
+  throw CommTimeout(watchdog_->timeout_message(description_, waited_s, waiting_for(), knows_arrivals()));
 }
 
 bool PendingOp::test() {
@@ -45,10 +46,11 @@ bool PendingOp::test() {
 }
 
 void PendingOp::wait() {
-  // Poll hot for a moment (most operations finish in microseconds), then sleep between polls so
+  // Spin, then poll yielding the core, for a moment (most operations finish in microseconds), then
+  // sleep between polls so
   // that ranks oversubscribing the cores leave them to the ranks still computing. The SIGTERM
   // report is written only once the wait is a slow one, and again when the missing ranks change.
-  constexpr double kHotPollS = 2e-4, kPublishAfterS = 1e-3;
+  constexpr double kSpinS = 2e-5, kHotPollS = 2e-4, kPublishAfterS = 1e-3;
   const double deadline = start_s_ + watchdog_->timeout_s();
   const double wait_start = now_seconds();
   bool published = false;
@@ -57,6 +59,7 @@ void PendingOp::wait() {
   while (!poll()) {
     const double now = now_seconds();
     if (now > deadline) fail_timeout(now - start_s_);
+    if (now - wait_start < kSpinS) continue;
     if (now - wait_start < kHotPollS) {
       sched_yield();
       continue;
@@ -64,7 +67,7 @@ void PendingOp::wait() {
     if (now - wait_start > kPublishAfterS) {
       const auto missing = waiting_for();
       if (!published || missing.size() != published_missing) {
-        watchdog_->publish_in_flight(description_, missing);
+        watchdog_->publish_in_flight(description_, missing, knows_arrivals());
         published = true;
         published_missing = missing.size();
       }

@@ -30,7 +30,12 @@ RankIdentity RankIdentity::of_this_process(int world_rank, int world_size) {
 }
 
 std::string OpDescription::describe() const {
-  return fmt::format("{} of {} on communicator \"{}\" ({} ranks)", op, buffer.describe(), comm, comm_size);
+  std::string what(op);
+  if (!reduce.empty()) what += fmt::format(" ({})", reduce);
+  if (peer >= 0) what += fmt::format(" rank {}", peer);
+  if (tag >= 0) what += fmt::format(" (tag {})", tag);
+  return fmt::format("{} of {} on communicator \"{}\" ({} ranks)", what, buffer.describe(),
+                     comm != nullptr ? *comm : std::string("?"), comm_size);
 }
 
 namespace {
@@ -40,7 +45,8 @@ std::string context_suffix(const OpContext& context) {
   return c.empty() ? std::string(" (step and layer unknown)") : " (" + c + ")";
 }
 
-std::string ranks_list(const std::vector<std::pair<int, int>>& waiting_for) {
+std::string ranks_list(const std::vector<std::pair<int, int>>& waiting_for, bool known) {
+  if (!known) return "unknown (this backend does not report which peers arrived)";
   if (waiting_for.empty()) return "none (every peer's data arrived; the local side did not finish)";
   std::string out;
   for (const auto& [comm_rank, world_rank] : waiting_for) {
@@ -86,20 +92,21 @@ Watchdog::Watchdog(double timeout_s, RankIdentity identity) : timeout_s_(timeout
 }
 
 std::string Watchdog::timeout_message(const OpDescription& op, double waited_s,
-                                      const std::vector<std::pair<int, int>>& waiting_for) const {
+                                      const std::vector<std::pair<int, int>>& waiting_for, bool known_arrivals) const {
   return fmt::format("{}: {} did not complete within parallel.timeout_s = {:g} s (waited {:.1f} s){}; ranks that "
                      "did not arrive: {}",
                      identity_.describe(), op.describe(), timeout_s_, waited_s, context_suffix(op.context),
-                     ranks_list(waiting_for));
+                     ranks_list(waiting_for, known_arrivals));
 }
 
-void Watchdog::publish_in_flight(const OpDescription& op, const std::vector<std::pair<int, int>>& waiting_for) const {
+void Watchdog::publish_in_flight(const OpDescription& op, const std::vector<std::pair<int, int>>& waiting_for,
+                                 bool known_arrivals) const {
   if (!g_report_installed.load()) return;
   const int slot = g_report_slot.load() == 0 ? 1 : 0;
   copy_report(g_reports[slot],
               fmt::format("{}: ended by SIGTERM (the launcher ends the job when a rank dies or aborts) while "
                           "waiting in {}{}; ranks that had not arrived: {}\n",
-                          identity_.describe(), op.describe(), context_suffix(op.context), ranks_list(waiting_for)));
+                          identity_.describe(), op.describe(), context_suffix(op.context), ranks_list(waiting_for, known_arrivals)));
   g_report_slot.store(slot);
 }
 
