@@ -109,11 +109,17 @@ class Watchdog {
   OpContext context_;
 };
 
-// Sets the context fields it is given for its scope, restoring the previous context after.
+// Sets the context fields it is given (step >= 0, layer >= 0, a non-empty phase) for its scope,
+// keeping the others (a model layer sets its layer, the step the trainer set stays), and restores
+// the previous context after.
 class ScopedOpContext {
  public:
   ScopedOpContext(Watchdog& watchdog, OpContext context) : watchdog_(watchdog), saved_(watchdog.context()) {
-    watchdog_.set_context(std::move(context));
+    OpContext merged = saved_;
+    if (context.step >= 0) merged.step = context.step;
+    if (context.layer >= 0) merged.layer = context.layer;
+    if (!context.phase.empty()) merged.phase = std::move(context.phase);
+    watchdog_.set_context(std::move(merged));
   }
   ScopedOpContext(const ScopedOpContext&) = delete;
   ScopedOpContext& operator=(const ScopedOpContext&) = delete;

@@ -4,23 +4,29 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <csignal>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
+#include <span>
 #include <vector>
 
 #include "common/clock.h"
 #include "common/error.h"
-#include "common/rng.h"
 #include "configs/config.h"
 #include "data/dataset.h"
 #include "data/default_corpus.h"
 #include "data/packing.h"
 #include "kernels/sgemm_peak.h"
 #include "trainer/batch.h"
+#include "trainer/metrics_history.h"
 #include "trainer/optimizer.h"
+#include "trainer/resume.h"
+#include "trainer/run_lock.h"
 #include "trainer/run_log.h"
 #include "trainer/session.h"
+#include "trainer/stop_signal.h"
 
 namespace cadtrain::trainer {
 namespace {
@@ -54,24 +60,53 @@ struct StepBatches {
   uint64_t pairs = 0;
 };
 
-StepBatches next_step_batches(data::Packer& packer, uint32_t count) {
+// weight is the loss-mask weight of the whole global batch (summed over the group).
+StepBatches next_step_batches(data::Packer& packer, uint32_t count, TrainGroup& group) {
   StepBatches s;
   for (uint32_t i = 0; i < count; ++i) {
     s.micro.push_back(packer.next());
     for (const float w : s.micro.back().loss_mask) s.weight += w;
     s.pairs += causal_pairs(s.micro.back().cu_seqlens);
   }
+  group.sum_over_batch(std::span<double>(&s.weight, 1));
   return s;
 }
 
 }  // namespace
 
 TrainResult train(const config::RunConfig& cfg, const std::string& provenance, const std::string& resume_from) {
+  const std::unique_ptr<TrainGroup> group = make_single_process_group();
+  return train(cfg, provenance, resume_from, *group);
+}
+
+TrainResult train(const config::RunConfig& cfg, const std::string& provenance, const std::string& resume_from,
+                  TrainGroup& group) {
   check_supported(cfg);
+  const bool writer = group.is_writer();
   const std::string run_dir = config::run_dir(cfg);
-  const std::string ckpt_dir = cfg.checkpoint().dir().empty() ? run_dir + "/checkpoints" : cfg.checkpoint().dir();
-  fs::create_directories(ckpt_dir);
-  config::write_effective_config(cfg, provenance, run_dir + "/config.pbtxt");
+  const std::string ckpt_dir = checkpoint_dir(cfg);
+  // One writer per run directory (and per checkpoint.dir elsewhere), held until train returns.
+  std::optional<RunLock> run_lock, ckpt_lock;
+  if (writer) {
+    run_lock.emplace(run_dir, "run directory");
+    if (fs::absolute(ckpt_dir).lexically_normal() != fs::absolute(run_dir + "/checkpoints").lexically_normal()) {
+      ckpt_lock.emplace(ckpt_dir, "checkpoint directory");
+    }
+    ensure_directory(ckpt_dir, "checkpoint directory");
+  }
+  std::optional<ResumePoint> resumed;
+  if (!resume_from.empty()) {
+    resumed = find_resume_point(resume_from, false);
+    if (resumed->state.step >= cfg.schedule().total_steps()) {
+      fail("{} is at step {} and schedule.total_steps is {}: nothing left to train (raise schedule.total_steps "
+           "to continue)",
+           resumed->path, resumed->state.step, cfg.schedule().total_steps());
+    }
+  }
+  RunStart start;  // the writer's decision; other ranks only read the checkpoint
+  if (writer) start = plan_run_start(ckpt_dir, resumed ? resumed->path : "", resumed ? &resumed->state : nullptr);
+  const StopSignals stop_signals;
+  if (writer) config::write_effective_config(cfg, provenance, run_dir + "/config.pbtxt");
 
   if (cfg.data().generate_if_missing()) {
     for (const auto& g : data::ensure_synthetic_datasets(cfg.data(), false)) {
@@ -91,31 +126,41 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   ModelSession session = make_model_session(cfg, static_cast<int64_t>(tokens_mb));
   Model& model = *session.model;
   AdamW optimizer(cfg.optimizer(), model.params(), *session.backend);
+  const std::unique_ptr<GradientSync> grad_sync = group.make_gradient_sync(model.params(), *session.backend);
   data::PackerOptions popt;
   popt.tokens_per_micro_batch = tokens_mb;
   popt.shuffle = cfg.data().shuffle();
   popt.seed = cfg.seed();
+  popt.rank = group.data_rank();
+  popt.world = group.data_ranks();
   data::Packer packer(train_ds, popt);
-  Rng rng(cfg.seed(), 0x7261696eULL);  // reserved for stochastic training features; checkpointed
 
   uint64_t step = 0;
-  if (!resume_from.empty()) {
-    const std::string path = resolve_checkpoint(resume_from);
+  for (const std::string& note : start.notes) fmt::print("{}\n", note);
+  if (resumed) {
+    const std::string& path = resumed->path;
     const TrainingState state = load_checkpoint(path, checkpoint_tensors(model, &optimizer));
     step = state.step;
     optimizer.set_steps_done(step);
     packer.restore(state.data_position);
-    rng.set_state(state.rng_state.data());
-    fmt::print("resumed from {} at step {}\n", path, step);
+    if (writer) fmt::print("resumed from {} at step {}\n", path, step);
   } else {
     model.init_weights(cfg.seed());
   }
 
   const ModelDims& dims = model.dims();
   const double peak_gflops = kernels::measure_sgemm_gflops();
-  RunLog log(run_dir + "/" + cfg.logging().metrics_file(), !resume_from.empty(), cfg.logging().log_every());
+  const std::string metrics_path = run_dir + "/" + cfg.logging().metrics_file();
+  const bool continuing = start.kind == StartKind::kContinue;
+  if (writer && continuing) {
+    if (const uint64_t dropped = keep_metrics_up_to(metrics_path, step); dropped > 0) {
+      fmt::print("dropped {} lines of {} logged after step {} (those steps run again)\n", dropped, metrics_path, step);
+    }
+  }
+  std::optional<RunLog> log;  // the writer's only
+  if (writer) log.emplace(metrics_path, continuing, cfg.logging().log_every());
   const uint64_t tokens_step = tokens_mb * cfg.data().grad_accumulation();
-  log.table({{"run directory", run_dir},
+  if (log) log->table({{"run directory", run_dir},
              {"model", fmt::format("{} layers, d_model {}, {} heads ({} kv), head_dim {}, ffn {}, vocab {}{}",
                                    dims.n_layers, dims.c, dims.q_heads, dims.kv_heads, dims.head_dim, dims.ffn,
                                    dims.vocab, dims.tied ? ", tied head" : "")},
@@ -135,28 +180,49 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     if (!eval_ds) return;
     result.eval = evaluate(model, *eval_ds, tokens_mb, cfg.schedule().eval_batches());
     result.evaluated = true;
-    log.eval(at, "eval", result.eval);
+    if (log) log->eval(at, "eval", result.eval);
   };
+  uint64_t last_saved = step;
   const auto save = [&](uint64_t at) {
+    if (!writer) return;
     TrainingState state;
     state.step = at;
     state.data_position = packer.position();
-    std::copy(rng.state(), rng.state() + 4, state.rng_state.begin());
     state.config_text = config::effective_config_text(cfg, provenance);
+    state.run_id = start.run_id;
     result.checkpoint = save_checkpoint(ckpt_dir, state, checkpoint_tensors(model, &optimizer), cfg.checkpoint().keep_last());
+    last_saved = at;
+  };
+  // A first SIGINT/SIGTERM stops between steps: the finished steps are checkpointed, nothing is
+  // left half-written, and the exit status says the run did not finish.
+  const auto stop_if_signalled = [&] {
+    const int signal = StopSignals::received();
+    if (signal == 0) return;
+    if (step > last_saved) save(step);
+    const std::string latest = !result.checkpoint.empty() ? result.checkpoint : resumed ? resumed->path : "";
+    fail("stopped by {} after step {} of {}; {}", signal == SIGINT ? "SIGINT" : "SIGTERM", step,
+         cfg.schedule().total_steps(),
+         latest.empty() ? std::string("no checkpoint was written")
+                        : fmt::format("checkpoint {}; continue with: cadtrain train --resume {}", latest, run_dir));
   };
 
   bool first = true;
   while (step < cfg.schedule().total_steps()) {
+    stop_if_signalled();
     StepMetrics m;
     const double t0 = now_seconds();
-    const StepBatches batches = next_step_batches(packer, cfg.data().grad_accumulation());
+    const StepBatches batches = next_step_batches(packer, cfg.data().grad_accumulation(), group);
     m.data = now_seconds() - t0;
     session.backend->zero(model.params().grads(), model.params().total());
     model.reset_times();
     double loss_sum = 0;
     const float grad_scale = batches.weight > 0 ? static_cast<float>(1.0 / batches.weight) : 0.0f;
-    for (const auto& mb : batches.micro) loss_sum += model.forward_backward(batch_view(mb), grad_scale).loss_sum;
+    for (size_t i = 0; i < batches.micro.size(); ++i) {
+      GradientSync* sync = i + 1 == batches.micro.size() ? grad_sync.get() : nullptr;
+      loss_sum += model.forward_backward(batch_view(batches.micro[i]), grad_scale, sync).loss_sum;
+    }
+    grad_sync->finish_step();
+    group.sum_over_batch(std::span<double>(&loss_sum, 1));
     m.loss = batches.weight > 0 ? loss_sum / batches.weight : 0;
     m.forward = model.times().forward;
     m.backward = model.times().backward;
@@ -178,7 +244,7 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
              step + 1, bad, m.loss, m.grad_norm, step);
       }
       m.skipped = true;
-      log.note(fmt::format("step {}: non-finite value in {}: step skipped", step + 1, bad));
+      if (log) log->note(fmt::format("step {}: non-finite value in {}: step skipped", step + 1, bad));
     } else {
       optimizer.step(m.lr, m.grad_norm);
     }
@@ -190,7 +256,7 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     const double tokens = static_cast<double>(tokens_step);
     m.tokens_per_second = tokens / m.seconds;
     m.mfu = training_flops(dims, tokens_step, batches.pairs) / m.seconds / (peak_gflops * 1e9);
-    log.step(m);
+    if (log) log->step(m);
     if (first) result.first_loss = m.loss;
     first = false;
     result.last_loss = m.loss;
@@ -201,7 +267,7 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     if (every_ckpt > 0 && step % every_ckpt == 0 && step != cfg.schedule().total_steps()) save(step);
   }
   save(step);
-  log.note(fmt::format("checkpoint {}", result.checkpoint));
+  if (log) log->note(fmt::format("checkpoint {}", result.checkpoint));
   evaluate_now(step);
   result.steps = step;
   return result;
