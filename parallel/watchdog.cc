@@ -79,9 +79,23 @@ void write_all(const char* text) {
   }
 }
 
-extern "C" void on_sigterm(int) {
+struct sigaction g_previous_sigterm;  // the handler installed before ours (e.g. the trainer's)
+
+extern "C" void on_sigterm(int sig) {
   const int slot = g_report_slot.load();
-  write_all(slot >= 0 ? g_reports[slot] : g_idle_report);
+  if (slot >= 0) {
+    // Blocked in communication: a graceful stop cannot finish the step, so report and exit.
+    write_all(g_reports[slot]);
+    _exit(128 + SIGTERM);
+  }
+  // Between operations: the handler installed before ours decides (the trainer finishes the step
+  // and writes a checkpoint); without one, report and exit.
+  if ((g_previous_sigterm.sa_flags & SA_SIGINFO) == 0 && g_previous_sigterm.sa_handler != SIG_DFL &&
+      g_previous_sigterm.sa_handler != SIG_IGN) {
+    g_previous_sigterm.sa_handler(sig);
+    return;
+  }
+  write_all(g_idle_report);
   _exit(128 + SIGTERM);
 }
 
@@ -130,7 +144,9 @@ void install_termination_report(const RankIdentity& identity) {
   struct sigaction action = {};
   action.sa_handler = on_sigterm;
   sigemptyset(&action.sa_mask);
-  if (sigaction(SIGTERM, &action, nullptr) != 0) fail("{}: cannot install the SIGTERM handler", identity.describe());
+  struct sigaction previous = {};
+  if (sigaction(SIGTERM, &action, &previous) != 0) fail("{}: cannot install the SIGTERM handler", identity.describe());
+  if (previous.sa_handler != on_sigterm) g_previous_sigterm = previous;
   g_report_installed.store(true);
 }
 

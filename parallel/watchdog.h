@@ -130,9 +130,12 @@ class ScopedOpContext {
   OpContext saved_;
 };
 
-// Installs a SIGTERM handler that writes "<identity>: ended by SIGTERM (the launcher ends the job
-// when a rank dies or aborts) while <op in flight>" to stderr and exits with status 143. The report
-// lives in a process-wide buffer because a signal handler can reach nothing else.
+// Installs a SIGTERM handler. While this rank waits in an operation it writes "<identity>: ended
+// by SIGTERM (the launcher ends the job when a rank dies or aborts) while waiting in <op> (<step,
+// layer>); ranks that had not arrived: <ranks>" to stderr and exits with status 143. Between
+// operations it calls the handler installed before it (the trainer's graceful stop: finish the
+// step, checkpoint), or, without one, reports and exits. The report lives in a process-wide
+// buffer because a signal handler can reach nothing else.
 void install_termination_report(const RankIdentity& identity);
 
 }  // namespace cadtrain::parallel
