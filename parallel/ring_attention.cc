@@ -8,17 +8,12 @@
 
 #include "common/error.h"
 #include "kernels/attention_tasks.h"
+#include "parallel/cp_layout.h"
 
 namespace cadtrain::parallel {
 namespace {
 
 constexpr int kTagK = 7101, kTagV = 7102, kTagDK = 7103, kTagDV = 7104;
-
-// One sequence of some rank: document, true first position, rows in that rank's buffers.
-struct Seq {
-  uint64_t doc = 0;
-  int64_t pos0 = 0, row0 = 0, rows = 0;
-};
 
 struct RingPlan final : kernels::AttentionPlan {
   kernels::AttentionShape shape;
@@ -32,56 +27,11 @@ struct RingPlan final : kernels::AttentionPlan {
   std::vector<bool> backward_done;
 };
 
-class RingHandle final : public kernels::AttentionHandle {
- public:
-  RingHandle(const std::vector<bool>* done, int layer, size_t part, const char* what)
-      : done_(done), layer_(layer), part_(part), what_(what) {}
-  void wait() override {
-    const auto l = static_cast<size_t>(layer_);
-    CADTRAIN_CHECK(l < done_->size() && (*done_)[l],
-                   "ring attention {} of layer {}, part {}: waited on before the call that runs the ring (the last "
-                   "part's forward, part 0's backward)",
-                   what_, layer_, part_);
-  }
-
- private:
-  const std::vector<bool>* done_;
-  int layer_;
-  size_t part_;
-  const char* what_;
-};
-
-ConstBufferView view(const float* p, int64_t count) {
-  return {p, ElementType::F32, static_cast<size_t>(count), DeviceId::host()};
-}
-BufferView view(float* p, int64_t count) { return {p, ElementType::F32, static_cast<size_t>(count), DeviceId::host()}; }
-
-// Tasks of local sequences `q` against remote sequences `k`: one per pair of the same document
-// whose keys start at or before the queries' last position, in rounds of distinct query rows.
-std::vector<std::vector<kernels::AttentionTask>> step_tasks(const std::vector<Seq>& q, const std::vector<Seq>& k) {
-  std::vector<std::vector<kernels::AttentionTask>> rounds;
-  for (const Seq& a : q) {
-    size_t round = 0;
-    for (const Seq& b : k) {
-      if (b.doc != a.doc || a.rows == 0 || b.rows == 0 || b.pos0 > a.pos0 + a.rows - 1) continue;
-      if (rounds.size() <= round) rounds.emplace_back();
-      rounds[round++].push_back({a.row0, a.row0 + a.rows, b.row0, b.row0 + b.rows, a.pos0, b.pos0, true});
-    }
-  }
-  return rounds;
-}
-
 RingPlan& ring_plan(kernels::AttentionPlan& plan, size_t part, const char* op) {
   auto* p = dynamic_cast<RingPlan*>(&plan);
   CADTRAIN_CHECK(p != nullptr, "{}: the plan was prepared by another attention strategy", op);
   CADTRAIN_CHECK(part < p->parts.size(), "{}: part {} of a plan with {} parts", op, part, p->parts.size());
   return *p;
-}
-
-void mark(std::vector<bool>& done, int layer) {
-  const auto l = static_cast<size_t>(layer);
-  if (done.size() <= l) done.resize(l + 1, false);
-  done[l] = true;
 }
 
 }  // namespace
@@ -105,10 +55,6 @@ std::unique_ptr<kernels::AttentionPlan> RingAttention::prepare(const kernels::At
   const int64_t n = kernels::check_layout(layout, op);
   CADTRAIN_CHECK(n == shape.n, "{}: the sequences cover {} rows but n = {} (rank {} of {})", op, n, shape.n,
                  group_.rank(), group_.name());
-  CADTRAIN_CHECK(layout.n_seqs == 0 || layout.doc_ids != nullptr,
-                 "{}: the layout has no document ids (rank {}): ring attention matches pieces of a document across "
-                 "ranks by id",
-                 op, group_.rank());
   CADTRAIN_CHECK(!parts.empty() && parts.front().begin == 0 && parts.back().end == n,
                  "{}: the parts must cover the rank's {} rows", op, n);
   auto plan = std::make_unique<RingPlan>();
@@ -117,34 +63,11 @@ std::unique_ptr<kernels::AttentionPlan> RingAttention::prepare(const kernels::At
   plan->ranks = group_.size();
   plan->rank = group_.rank();
   const int P = plan->ranks;
-
-  // Every rank's sequences: (doc, first position, rows) records, padded to the longest list.
-  const auto my_seqs = static_cast<uint64_t>(layout.n_seqs);
-  std::vector<uint64_t> counts(static_cast<size_t>(P));
-  group_.all_gather(host_view(std::span<const uint64_t>(&my_seqs, 1)), host_view(counts));
-  const uint64_t width = *std::max_element(counts.begin(), counts.end());
-  std::vector<uint64_t> mine(3 * width, 0), all(3 * width * static_cast<size_t>(P));
-  for (int64_t s = 0; s < layout.n_seqs; ++s) {
-    mine[3 * s] = layout.doc_ids[s];
-    mine[3 * s + 1] = static_cast<uint64_t>(layout.first_pos != nullptr ? layout.first_pos[s] : 0);
-    mine[3 * s + 2] = static_cast<uint64_t>(layout.cu_seqlens[s + 1] - layout.cu_seqlens[s]);
-  }
-  group_.all_gather(host_view(std::as_const(mine)), host_view(all));
-  std::vector<std::vector<Seq>> seqs(static_cast<size_t>(P));
-  plan->rows_of.assign(static_cast<size_t>(P), 0);
-  for (int j = 0; j < P; ++j) {
-    int64_t row = 0;
-    for (uint64_t s = 0; s < counts[static_cast<size_t>(j)]; ++s) {
-      const uint64_t* rec = all.data() + 3 * (width * static_cast<uint64_t>(j) + s);
-      seqs[static_cast<size_t>(j)].push_back(
-          {rec[0], static_cast<int64_t>(rec[1]), row, static_cast<int64_t>(rec[2])});
-      row += static_cast<int64_t>(rec[2]);
-    }
-    plan->rows_of[static_cast<size_t>(j)] = row;
-  }
+  const CpLayouts all = gather_cp_layouts(group_, layout, op);
+  plan->rows_of = all.rows;
   for (int s = 0; s < P; ++s) {
     const int src = ((plan->rank - s) % P + P) % P;
-    plan->steps.push_back(step_tasks(seqs[static_cast<size_t>(plan->rank)], seqs[static_cast<size_t>(src)]));
+    plan->steps.push_back(cp_pair_tasks(all.seqs[static_cast<size_t>(plan->rank)], all.seqs[static_cast<size_t>(src)]));
   }
   return plan;
 }
@@ -152,7 +75,7 @@ std::unique_ptr<kernels::AttentionPlan> RingAttention::prepare(const kernels::At
 std::unique_ptr<kernels::AttentionHandle> RingAttention::forward(int layer, kernels::AttentionPlan& plan_base,
                                                                  size_t part, const kernels::AttentionIO& io) {
   RingPlan& plan = ring_plan(plan_base, part, "ring attention forward");
-  auto handle = std::make_unique<RingHandle>(&plan.forward_done, layer, part, "forward");
+  auto handle = std::make_unique<CpPartHandle>(&plan.forward_done, layer, part, "ring attention forward");
   if (part + 1 != plan.parts.size()) return handle;  // the ring runs at the last part
   const kernels::AttentionShape& sh = plan.shape;
   const int P = plan.ranks, r = plan.rank;
@@ -181,10 +104,10 @@ std::unique_ptr<kernels::AttentionHandle> RingAttention::forward(int layer, kern
       const int64_t next_rows = plan.rows_of[static_cast<size_t>(((r - s - 1) % P + P) % P)];
       float* nk = kbuf[(s + 1) % 2].data();
       float* nv = vbuf[(s + 1) % 2].data();
-      reqs.push_back(group_.irecv(view(nk, next_rows * kvd), prev, kTagK));
-      reqs.push_back(group_.irecv(view(nv, next_rows * kvd), prev, kTagV));
-      reqs.push_back(group_.isend(view(cur_k, cur_rows * kvd), next, kTagK));
-      reqs.push_back(group_.isend(view(cur_v, cur_rows * kvd), next, kTagV));
+      reqs.push_back(group_.irecv(f32_view(nk, next_rows * kvd), prev, kTagK));
+      reqs.push_back(group_.irecv(f32_view(nv, next_rows * kvd), prev, kTagV));
+      reqs.push_back(group_.isend(f32_view(cur_k, cur_rows * kvd), next, kTagK));
+      reqs.push_back(group_.isend(f32_view(cur_v, cur_rows * kvd), next, kTagV));
       traffic.forward_bytes += static_cast<uint64_t>(2 * cur_rows * kvd) * sizeof(float);
     }
     for (const auto& round : plan.steps[static_cast<size_t>(s)]) {
@@ -197,7 +120,7 @@ std::unique_ptr<kernels::AttentionHandle> RingAttention::forward(int layer, kern
     cur_k = kbuf[(s + 1) % 2].data();
     cur_v = vbuf[(s + 1) % 2].data();
   }
-  mark(plan.forward_done, layer);
+  mark_layer_done(plan.forward_done, layer);
   return handle;
 }
 
@@ -206,7 +129,7 @@ std::unique_ptr<kernels::AttentionHandle> RingAttention::backward(int layer, ker
                                                                   const kernels::AttentionIO& io,
                                                                   const kernels::AttentionGrads& grads) {
   RingPlan& plan = ring_plan(plan_base, part, "ring attention backward");
-  auto handle = std::make_unique<RingHandle>(&plan.backward_done, layer, part, "backward");
+  auto handle = std::make_unique<CpPartHandle>(&plan.backward_done, layer, part, "ring attention backward");
   if (part != 0) return handle;  // the ring runs at part 0, the last the model calls
   const kernels::AttentionShape& sh = plan.shape;
   const int P = plan.ranks, r = plan.rank;
@@ -237,10 +160,10 @@ std::unique_ptr<kernels::AttentionHandle> RingAttention::backward(int layer, ker
     float* dv_cur = dvbuf[s % 2].data();
     std::vector<Request> reqs;
     if (s + 1 < P) {
-      reqs.push_back(group_.irecv(view(kbuf[(s + 1) % 2].data(), next_rows * kvd), prev, kTagK));
-      reqs.push_back(group_.irecv(view(vbuf[(s + 1) % 2].data(), next_rows * kvd), prev, kTagV));
-      reqs.push_back(group_.isend(view(cur_k, cur_rows * kvd), next, kTagK));
-      reqs.push_back(group_.isend(view(cur_v, cur_rows * kvd), next, kTagV));
+      reqs.push_back(group_.irecv(f32_view(kbuf[(s + 1) % 2].data(), next_rows * kvd), prev, kTagK));
+      reqs.push_back(group_.irecv(f32_view(vbuf[(s + 1) % 2].data(), next_rows * kvd), prev, kTagV));
+      reqs.push_back(group_.isend(f32_view(cur_k, cur_rows * kvd), next, kTagK));
+      reqs.push_back(group_.isend(f32_view(cur_v, cur_rows * kvd), next, kTagV));
       traffic.backward_bytes += static_cast<uint64_t>(2 * cur_rows * kvd) * sizeof(float);
     }
     for (const auto& round : plan.steps[static_cast<size_t>(s)]) {
@@ -255,10 +178,10 @@ std::unique_ptr<kernels::AttentionHandle> RingAttention::backward(int layer, ker
     float* dk_next = dkbuf[(s + 1) % 2].data();
     float* dv_next = dvbuf[(s + 1) % 2].data();
     const int64_t incoming = s + 1 < P ? next_rows : n;  // after the last step: this rank's own block
-    reqs.push_back(group_.irecv(view(dk_next, incoming * kvd), prev, kTagDK));
-    reqs.push_back(group_.irecv(view(dv_next, incoming * kvd), prev, kTagDV));
-    reqs.push_back(group_.isend(view(static_cast<const float*>(dk_cur), cur_rows * kvd), next, kTagDK));
-    reqs.push_back(group_.isend(view(static_cast<const float*>(dv_cur), cur_rows * kvd), next, kTagDV));
+    reqs.push_back(group_.irecv(f32_view(dk_next, incoming * kvd), prev, kTagDK));
+    reqs.push_back(group_.irecv(f32_view(dv_next, incoming * kvd), prev, kTagDV));
+    reqs.push_back(group_.isend(f32_view(static_cast<const float*>(dk_cur), cur_rows * kvd), next, kTagDK));
+    reqs.push_back(group_.isend(f32_view(static_cast<const float*>(dv_cur), cur_rows * kvd), next, kTagDV));
     traffic.backward_bytes += static_cast<uint64_t>(2 * cur_rows * kvd) * sizeof(float);
     wait_all(reqs);
     std::fill(dk_cur, dk_cur + cur_rows * kvd, 0.0f);  // reused for the block after next
@@ -273,7 +196,7 @@ std::unique_ptr<kernels::AttentionHandle> RingAttention::backward(int layer, ker
     grads.dk[i] += dk_home[i];
     grads.dv[i] += dv_home[i];
   }
-  mark(plan.backward_done, layer);
+  mark_layer_done(plan.backward_done, layer);
   return handle;
 }
 

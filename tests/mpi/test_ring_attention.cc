@@ -1,11 +1,13 @@
-// Ring attention under mpirun (2, 3 and 4 ranks) against the single-process fused task attention on
-// the whole micro-batch: every rank builds the same global problem, takes its zigzag (or plain)
-// shard, runs the ring, and compares its rows of O, LSE, dQ, dK and dV with the reference's.
+// Ring attention and TokenRing under mpirun (2, 3 and 4 ranks) against the single-process fused
+// task attention on the whole micro-batch: every rank builds the same global problem, takes its
+// zigzag (or plain) shard, runs the strategy, and compares its rows of O, LSE, dQ, dK and dV with
+// the reference's.
 // The document mixes hold a document longer than a rank's share, documents shorter than the
 // number of ranks, a document tail starting at position 30, and (tiny mix) ranks with no rows.
 // Tolerance: relative 1e-5 per element against max(|ref|, rms(ref)) for O and LSE (the ring merges
 // partials where one process runs one online softmax), 1e-4 for the gradients (floor 1e-2, as the
-// kernel tests). Also checks the bytes sent per layer against ring_attention.h's formula.
+// kernel tests). Also checks the bytes sent per layer against the formulas of ring_attention.h and
+// token_ring.h.
 #include <gtest/gtest.h>
 
 #include <limits>
@@ -16,6 +18,7 @@
 #include "kernels/core_attention.h"
 #include "parallel/context_shard.h"
 #include "parallel/ring_attention.h"
+#include "parallel/token_ring.h"
 #include "tests/kernel_test_util.h"
 #include "tests/mpi/mpi_test_main.h"
 
@@ -47,7 +50,9 @@ std::vector<double> take_double(const std::vector<float>& x, const std::vector<i
   return {t.begin(), t.end()};
 }
 
-void check_mix(const std::vector<int32_t>& lengths, bool zigzag, int parts_count) {
+enum class Strategy { RING, TOKENRING };
+
+void check_mix(const std::vector<int32_t>& lengths, bool zigzag, int parts_count, Strategy strategy) {
   parallel::Communicator& comm = world();
   const int P = comm.size(), r = comm.rank();
   std::vector<int32_t> cu = {0};
@@ -90,7 +95,13 @@ void check_mix(const std::vector<int32_t>& lengths, bool zigzag, int parts_count
   t.dk.assign(static_cast<size_t>(m * kvd), 0.0f);  // accumulated into
   t.dv.assign(static_cast<size_t>(m * kvd), 0.0f);
 
-  parallel::RingAttention ring(comm);
+  std::unique_ptr<kernels::CoreAttention> attention;
+  if (strategy == Strategy::RING) {
+    attention = std::make_unique<parallel::RingAttention>(comm);
+  } else {
+    attention = std::make_unique<parallel::TokenRingAttention>(comm);
+  }
+  kernels::CoreAttention& ring = *attention;
   std::vector<RowRange> parts;
   for (int p = 0; p < parts_count; ++p) parts.push_back({m * p / parts_count, m * (p + 1) / parts_count});
   const AttentionShape local_shape{m, kQHeads, kKvHeads, kDim, 0.25f};
@@ -106,7 +117,7 @@ void check_mix(const std::vector<int32_t>& lengths, bool zigzag, int parts_count
   }
   for (auto& h : bwd) h->wait();
 
-  const std::string what = "rank " + std::to_string(r) + "/" + std::to_string(P) + (zigzag ? " zigzag " : " plain ") +
+  const std::string what = std::string(strategy == Strategy::RING ? "ring" : "TokenRing") + " rank " + std::to_string(r) + "/" + std::to_string(P) + (zigzag ? " zigzag " : " plain ") +
                            std::to_string(parts_count) + " parts: ";
   test::expect_close(t.o, take_double(g.o, shard.rows, qd), 1e-5, what + "O");
   test::expect_close(t.lse, take_double(g.lse, shard.rows, kQHeads), 1e-5, what + "LSE");
@@ -114,23 +125,44 @@ void check_mix(const std::vector<int32_t>& lengths, bool zigzag, int parts_count
   test::expect_close(t.dk, take_double(g.dk, shard.rows, kvd), 1e-4, what + "dK", 1e-2);
   test::expect_close(t.dv, take_double(g.dv, shard.rows, kvd), 1e-4, what + "dV", 1e-2);
 
-  // Bytes sent to rank+1 (ring_attention.h): forward sum_{s<P-1} 2 n_{r-s} kvd 4, backward that
-  // plus 2 N kvd 4 for the travelling dK, dV.
+  // Bytes sent (ring_attention.h, token_ring.h).
   std::vector<int64_t> rows_of(static_cast<size_t>(P));
-  for (int j = 0; j < P; ++j) rows_of[static_cast<size_t>(j)] = static_cast<int64_t>(parallel::shard_for_context_rank(global, P, j, zigzag).rows.size());
-  uint64_t kv = 0;
-  for (int s = 0; s + 1 < P; ++s) kv += static_cast<uint64_t>(2 * rows_of[static_cast<size_t>(((r - s) % P + P) % P)] * kvd * 4);
-  EXPECT_EQ(ring.traffic(layer).forward_bytes, kv) << what;
-  EXPECT_EQ(ring.traffic(layer).backward_bytes, kv + static_cast<uint64_t>(2 * n * kvd * 4)) << what;
+  for (int j = 0; j < P; ++j) {
+    rows_of[static_cast<size_t>(j)] =
+        static_cast<int64_t>(parallel::shard_for_context_rank(global, P, j, zigzag).rows.size());
+  }
+  const auto rows = [&](int j) { return static_cast<uint64_t>(rows_of[static_cast<size_t>((j % P + P) % P)]); };
+  uint64_t fwd_bytes = 0, bwd_bytes = 0;
+  if (strategy == Strategy::RING) {
+    for (int s = 0; s + 1 < P; ++s) fwd_bytes += rows(r - s) * 2 * kvd * 4;
+    bwd_bytes = fwd_bytes + static_cast<uint64_t>(2 * n * kvd * 4);
+    EXPECT_EQ(static_cast<parallel::RingAttention&>(ring).traffic(layer).forward_bytes, fwd_bytes) << what;
+    EXPECT_EQ(static_cast<parallel::RingAttention&>(ring).traffic(layer).backward_bytes, bwd_bytes) << what;
+  } else {
+    for (int s = 0; s + 1 < P; ++s) {
+      fwd_bytes += rows(r + s) * qd * 4;
+      bwd_bytes += rows(r + s) * (3 * qd + kQHeads) * 4;
+    }
+    for (int s = 1; s < P; ++s) {
+      fwd_bytes += rows(r + s) * (qd + kQHeads) * 4;
+      bwd_bytes += rows(r + s) * qd * 4;
+    }
+    EXPECT_EQ(static_cast<parallel::TokenRingAttention&>(ring).traffic(layer).forward_bytes, fwd_bytes) << what;
+    EXPECT_EQ(static_cast<parallel::TokenRingAttention&>(ring).traffic(layer).backward_bytes, bwd_bytes) << what;
+  }
 }
 
 const std::vector<int32_t> kMix = {150, 40, 1, 3, 2, 77};  // 150 > a rank's share at every P here
 
-TEST(RingAttention, ZigzagMatchesOneProcess) { check_mix(kMix, true, 1); }
-TEST(RingAttention, PlainSplitMatchesOneProcess) { check_mix(kMix, false, 1); }
-TEST(RingAttention, NanoBatchPartsMatchOneProcess) { check_mix(kMix, true, 2); }
+TEST(RingAttention, ZigzagMatchesOneProcess) { check_mix(kMix, true, 1, Strategy::RING); }
+TEST(RingAttention, PlainSplitMatchesOneProcess) { check_mix(kMix, false, 1, Strategy::RING); }
+TEST(RingAttention, NanoBatchPartsMatchOneProcess) { check_mix(kMix, true, 2, Strategy::RING); }
+TEST(TokenRing, ZigzagMatchesOneProcess) { check_mix(kMix, true, 1, Strategy::TOKENRING); }
+TEST(TokenRing, PlainSplitMatchesOneProcess) { check_mix(kMix, false, 1, Strategy::TOKENRING); }
+TEST(TokenRing, NanoBatchPartsMatchOneProcess) { check_mix(kMix, true, 2, Strategy::TOKENRING); }
 TEST(RingAttention, TinyDocumentsLeaveRanksEmpty) {
-  check_mix({1, 2, 1}, true, 1);
+  check_mix({1, 2, 1}, true, 1, Strategy::RING);
+  check_mix({1, 2, 1}, true, 1, Strategy::TOKENRING);
   const std::vector<int32_t> cu = {0, 1, 3, 4};
   const SequenceLayout tiny{cu.data(), 3, nullptr, nullptr};
   if (world().size() >= 3) {
