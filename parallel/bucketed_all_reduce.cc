@@ -6,12 +6,11 @@ namespace cadtrain::parallel {
 BucketedAllReduce::BucketedAllReduce(Communicator& comm, float* grads, size_t total, size_t bucket_floats)
     : comm_(comm), grads_(grads), total_(total), next_end_(total) {
   CADTRAIN_CHECK(bucket_floats > 0, "bucket_floats must be > 0");
-  for (size_t end = total; end > 0;) {
-    const size_t begin = end > bucket_floats ? end - bucket_floats : 0;
-    bucket_begin_.insert(bucket_begin_.begin(), begin);
-    end = begin;
-  }
-  requests_.resize(bucket_begin_.size());
+  // Bucket b starts at total - (buckets - b) * bucket_floats, the first one at 0.
+  const size_t n = (total + bucket_floats - 1) / bucket_floats;
+  bucket_begin_.assign(n, 0);
+  for (size_t b = 1; b < n; ++b) bucket_begin_[b] = total - (n - b) * bucket_floats;
+  requests_ = std::vector<Request>(n);
   next_bucket_ = bucket_begin_.size();
 }
 

@@ -36,9 +36,15 @@ TEST(MpiBucketedAllReduce, SumsEveryBucketInRankOrderStepAfterStep) {
     }
     ASSERT_EQ(end, 0u);
     sync.finish();
+    // Every rank's gradients as stored floats, summed in rank order (computing them inside the
+    // sum would let the compiler fuse the multiply into the add).
+    std::vector<std::vector<float>> all(static_cast<size_t>(c.size()), std::vector<float>(total));
+    for (int r = 0; r < c.size(); ++r) {
+      for (size_t i = 0; i < total; ++i) all[static_cast<size_t>(r)][i] = grad_value(r, step, i);
+    }
     for (size_t i = 0; i < total; ++i) {
-      float expect = grad_value(0, step, i);
-      for (int r = 1; r < c.size(); ++r) expect = expect + grad_value(r, step, i);
+      float expect = all[0][i];
+      for (size_t r = 1; r < all.size(); ++r) expect = expect + all[r][i];
       ASSERT_EQ(grads[i], expect) << "step " << step << " float " << i;
     }
   }
