@@ -14,6 +14,7 @@ packages=(
   libsentencepiece-dev sentencepiece
   libcli11-dev nlohmann-json3-dev libfmt-dev
   python3 python3-numpy python3-h5py
+  clang-14 libclang-rt-14-dev
 )
 if [[ "${1:-}" == "--with-torch" ]]; then
   packages+=(python3-torch)
