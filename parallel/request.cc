@@ -34,8 +34,9 @@ bool PendingOp::poll() {
 void PendingOp::fail_timeout(double waited_s) {
   timed_out_ = true;
   on_timeout();
-  watchdog_->publish_timed_out();
-  throw CommTimeout(watchdog_->timeout_message(description_, waited_s, waiting_for(), knows_arrivals()));
+  const std::string message = watchdog_->timeout_message(description_, waited_s, waiting_for(), knows_arrivals());
+  watchdog_->publish_timed_out(message);
+  throw CommTimeout(message);
 }
 
 bool PendingOp::test() {

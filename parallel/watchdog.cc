@@ -128,11 +128,10 @@ void Watchdog::clear_in_flight() const {
   if (g_report_installed.load()) g_report_slot.store(-1);
 }
 
-void Watchdog::publish_timed_out() const {
+void Watchdog::publish_timed_out(const std::string& message) const {
   if (!g_report_installed.load()) return;
   const int slot = g_report_slot.load() == 0 ? 1 : 0;
-  copy_report(g_reports[slot], fmt::format("{}: ended by SIGTERM after reporting the communication timeout above\n",
-                                           identity_.describe()));
+  copy_report(g_reports[slot], message + "\n");
   g_report_slot.store(slot);
 }
 

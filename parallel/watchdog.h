@@ -100,8 +100,9 @@ class Watchdog {
   void publish_in_flight(const OpDescription& op, const std::vector<std::pair<int, int>>& waiting_for,
                          bool known_arrivals = true) const;
   void clear_in_flight() const;
-  // Makes the SIGTERM report say that this rank already reported a timeout (it is ending the job).
-  void publish_timed_out() const;
+  // Makes the SIGTERM report the timeout message itself (SIGTERM may end this rank before the
+  // caller has printed it).
+  void publish_timed_out(const std::string& message) const;
 
  private:
   double timeout_s_;
