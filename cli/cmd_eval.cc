@@ -16,7 +16,7 @@ namespace {
 struct EvalOptions {
   std::string checkpoint;
   std::string data;  // default: the config's eval_path
-  uint64_t batches = 1000000;
+  uint64_t batches = trainer::kWholeDataset;
   std::vector<std::string> sets;
 };
 
@@ -33,8 +33,10 @@ void run_eval(const EvalOptions& o) {
   const std::string path = o.data.empty() ? m.cfg.data().eval_path() : o.data;
   const data::Dataset ds = data::Dataset::open(path);
   const trainer::EvalResult r = trainer::evaluate(*m.session.model, ds, m.cfg.data().tokens_per_micro_batch(), o.batches);
-  fmt::print("{} (step {}) on {}: loss {:.4f} | perplexity {:.3f} | {} tokens", m.path, m.step, path, r.loss,
-             r.perplexity, r.tokens);
+  // The same definition and digits as train's final "eval loss" (trainer/evaluate.h).
+  fmt::print("{} (step {}) on {}: loss {:.6g} | perplexity {:.6g} | {} tokens ({})", m.path, m.step, path, r.loss,
+             r.perplexity, r.tokens, trainer::eval_scope(r));
+  if (r.cut_tokens > 0) fmt::print(" | {} tokens after a cut", r.cut_tokens);
   if (r.answer_tokens > 0) {
     fmt::print(" | retrieval accuracy {:.2f}% ({}/{} answer tokens)", 100 * r.retrieval_accuracy, r.answer_correct,
                r.answer_tokens);
@@ -59,7 +61,7 @@ void register_eval_commands(CLI::App& app) {
   auto eo = std::make_shared<EvalOptions>();
   eval->add_option("checkpoint", eo->checkpoint, "Run directory or checkpoint file")->required();
   eval->add_option("--data", eo->data, "Dataset to score (default: the run's eval_path)");
-  eval->add_option("--batches", eo->batches, "At most this many micro-batches");
+  eval->add_option("--batches", eo->batches, "Score only the first this many micro-batches (default: the whole file)");
   eval->add_option("--set", eo->sets, "Override a config field (e.g. data.tokens_per_micro_batch=8192)");
   eval->callback([eo] { run_eval(*eo); });
 

@@ -36,7 +36,7 @@ constexpr const char* kStep = "step";
 constexpr const char* kFormatVersionAttr = "format_version";
 constexpr const char* kDataEpoch = "data_epoch";
 constexpr const char* kDataDocCursor = "data_doc_cursor";
-constexpr const char* kDataTokenOffset = "data_token_offset";
+constexpr const char* kDataBatchInWindow = "data_batch_in_window";
 constexpr const char* kDataMicroBatches = "data_micro_batches";
 constexpr const char* kRngState = "rng_state";
 
@@ -145,7 +145,7 @@ void write_state(hid_t file, const TrainingState& state) {
   write_u64_attribute(file, kStep, &state.step, 1);
   write_u64_attribute(file, kDataEpoch, &pos.epoch, 1);
   write_u64_attribute(file, kDataDocCursor, &pos.doc_cursor, 1);
-  write_u64_attribute(file, kDataTokenOffset, &pos.token_offset, 1);
+  write_u64_attribute(file, kDataBatchInWindow, &pos.batch_in_window, 1);
   write_u64_attribute(file, kDataMicroBatches, &pos.micro_batches, 1);
   write_u64_attribute(file, kRngState, state.rng_state.data(), state.rng_state.size());
   write_config(file, state.config_text);
@@ -320,7 +320,7 @@ TrainingState read_state(hid_t file) {
   state.step = read_u64(file, kStep);
   state.data_position.epoch = read_u64(file, kDataEpoch);
   state.data_position.doc_cursor = read_u64(file, kDataDocCursor);
-  state.data_position.token_offset = read_u64(file, kDataTokenOffset);
+  state.data_position.batch_in_window = read_u64(file, kDataBatchInWindow);
   state.data_position.micro_batches = read_u64(file, kDataMicroBatches);
   read_u64_attribute(file, kRngState, state.rng_state.data(),
                      static_cast<hssize_t>(state.rng_state.size()));

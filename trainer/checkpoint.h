@@ -5,7 +5,7 @@
 //
 // File: <dir>/step_<00000123>.h5 with groups /params, /adam_m, /adam_v (one float32 dataset per
 // tensor, named as the model names it, with its shape), attributes step, format_version,
-// data_epoch, data_doc_cursor, data_token_offset, data_micro_batches, rng_state (uint64[4]),
+// data_epoch, data_doc_cursor, data_batch_in_window, data_micro_batches, rng_state (uint64[4]),
 // and a string dataset /config (the effective config, text format).
 #pragma once
 

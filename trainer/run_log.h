@@ -19,6 +19,9 @@ struct StepMetrics {
   double grad_norm = 0;
   double lr = 0;
   double seconds = 0;
+  uint64_t tokens = 0;     // tokens trained on (micro-batches are not padded)
+  uint64_t capacity = 0;   // tokens_per_micro_batch * grad_accumulation: fill = tokens / capacity
+  uint64_t cut_tokens = 0; // tokens of documents cut at a micro-batch boundary, after the cut
   double tokens_per_second = 0;
   double mfu = 0;      // model FLOP/s over the measured sgemm FLOP/s
   // time breakdown, seconds

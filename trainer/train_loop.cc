@@ -52,6 +52,8 @@ struct StepBatches {
   std::vector<data::MicroBatch> micro;
   double weight = 0;
   uint64_t pairs = 0;
+  uint64_t tokens = 0;      // micro-batches are packed whole documents, up to tokens_mb each
+  uint64_t cut_tokens = 0;
 };
 
 StepBatches next_step_batches(data::Packer& packer, uint32_t count) {
@@ -60,6 +62,8 @@ StepBatches next_step_batches(data::Packer& packer, uint32_t count) {
     s.micro.push_back(packer.next());
     for (const float w : s.micro.back().loss_mask) s.weight += w;
     s.pairs += causal_pairs(s.micro.back().cu_seqlens);
+    s.tokens += s.micro.back().tokens.size();
+    s.cut_tokens += s.micro.back().cut_tokens;
   }
   return s;
 }
@@ -95,6 +99,8 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   popt.tokens_per_micro_batch = tokens_mb;
   popt.shuffle = cfg.data().shuffle();
   popt.seed = cfg.seed();
+  // Only LOCAL attention needs a document longer than a micro-batch cut (see data/packing.h).
+  popt.cut_long_documents = cfg.attention().strategy() == config::LOCAL;
   data::Packer packer(train_ds, popt);
   Rng rng(cfg.seed(), 0x7261696eULL);  // reserved for stochastic training features; checkpointed
 
@@ -120,8 +126,11 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
                                    dims.n_layers, dims.c, dims.q_heads, dims.kv_heads, dims.head_dim, dims.ffn,
                                    dims.vocab, dims.tied ? ", tied head" : "")},
              {"parameters", fmt::format("{} ({})", dims.param_count(), human(static_cast<double>(dims.param_count())))},
-             {"tokens per step", fmt::format("{} ({} x {} micro-batches)", tokens_step, tokens_mb,
+             {"tokens per step", fmt::format("up to {} ({} x {} micro-batches)", tokens_step, tokens_mb,
                                              cfg.data().grad_accumulation())},
+             {"packing", fmt::format("whole documents, best fit, not padded (fill = tokens / {}); longer documents "
+                                     "{}", tokens_step, popt.cut_long_documents ? "cut (counted as cut tokens)"
+                                                                                : "rejected")},
              {"dense FLOPs per token", human(6.0 * static_cast<double>(dims.matmul_params()))},
              {"train data", fmt::format("{} ({} docs, {} tokens)", train_ds.path(), train_ds.num_docs(),
                                         train_ds.num_tokens())},
@@ -133,7 +142,10 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   TrainResult result;
   const auto evaluate_now = [&](uint64_t at) {
     if (!eval_ds) return;
-    result.eval = evaluate(model, *eval_ds, tokens_mb, cfg.schedule().eval_batches());
+    // The final evaluation scores the whole file (the figure `cadtrain eval` reports); the periodic
+    // ones, eval_batches micro-batches.
+    const bool last = at == cfg.schedule().total_steps();
+    result.eval = evaluate(model, *eval_ds, tokens_mb, last ? kWholeDataset : cfg.schedule().eval_batches());
     result.evaluated = true;
     log.eval(at, "eval", result.eval);
   };
@@ -187,9 +199,11 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     m.step = step;
     m.total_steps = cfg.schedule().total_steps();
     m.seconds = now_seconds() - t0;
-    const double tokens = static_cast<double>(tokens_step);
-    m.tokens_per_second = tokens / m.seconds;
-    m.mfu = training_flops(dims, tokens_step, batches.pairs) / m.seconds / (peak_gflops * 1e9);
+    m.tokens = batches.tokens;
+    m.capacity = tokens_step;
+    m.cut_tokens = batches.cut_tokens;
+    m.tokens_per_second = static_cast<double>(batches.tokens) / m.seconds;
+    m.mfu = training_flops(dims, batches.tokens, batches.pairs) / m.seconds / (peak_gflops * 1e9);
     log.step(m);
     if (first) result.first_loss = m.loss;
     first = false;
