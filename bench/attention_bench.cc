@@ -91,9 +91,9 @@ int main(int argc, char** argv) {
         std::vector<float> o(q.size()), lse(n * heads), dq(q.size()), dk(k.size()), dv(v.size());
         for (const bool fused : {false, true}) {
           auto attn = fused ? make_local_task_attention() : make_local_reference_attention();
-          auto fwd = [&] { attn->forward(o.data(), lse.data(), q.data(), k.data(), v.data(), shape, layout); };
+          auto fwd = [&] { attention_forward_all(*attn, o.data(), lse.data(), q.data(), k.data(), v.data(), shape, layout); };
           auto bwd = [&] {
-            attn->backward(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), o.data(),
+            attention_backward_all(*attn, dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), o.data(),
                            lse.data(), shape, layout);
           };
           fwd();  // warm-up (scratch buffers, caches)
@@ -123,9 +123,9 @@ int main(int argc, char** argv) {
       for (int64_t t = 0; t <= total; t += len) cu.push_back(static_cast<int32_t>(t));
       const SequenceLayout layout{cu.data(), static_cast<int64_t>(cu.size()) - 1};
       const double flops = 4.0 * static_cast<double>(layout.n_seqs) * len * (len + 1) / 2 * d * heads;
-      auto fwd = [&] { attn->forward(o.data(), lse.data(), q.data(), k.data(), v.data(), shape, layout); };
+      auto fwd = [&] { attention_forward_all(*attn, o.data(), lse.data(), q.data(), k.data(), v.data(), shape, layout); };
       auto bwd = [&] {
-        attn->backward(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), o.data(),
+        attention_backward_all(*attn, dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), o.data(),
                        lse.data(), shape, layout);
       };
       fwd();

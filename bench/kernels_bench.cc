@@ -140,9 +140,9 @@ int main(int argc, char** argv) {
       const double fwd = 4.0 * pairs * D * H;
       const std::string desc = fmt::format("{} x {} heads x {}, T {}", n, H, D, T);
       add_flops(fmt::format("attention {} fwd", kind), desc, fwd, repeats,
-                [&] { attn->forward(o.p, lse.p, q.p, k.p, v.p, shape, layout); });
+                [&] { attention_forward_all(*attn, o.p, lse.p, q.p, k.p, v.p, shape, layout); });
       add_flops(fmt::format("attention {} bwd", kind), desc, 2.5 * fwd, repeats,
-                [&] { attn->backward(dq.p, dk.p, dv.p, dout.p, q.p, k.p, v.p, o.p, lse.p, shape, layout); });
+                [&] { attention_backward_all(*attn, dq.p, dk.p, dv.p, dout.p, q.p, k.p, v.p, o.p, lse.p, shape, layout); });
     }
 
     // Memory-bound ops: bytes = what the op must read and write, 4 per float.

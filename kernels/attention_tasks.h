@@ -1,6 +1,8 @@
 // The core-attention task API: the contract that local attention, ring attention, TokenRing and
 // the attention servers all execute (DESIGN section 3). One call runs many tasks of arbitrary
-// lengths fused together.
+// lengths fused together. The arithmetic (visible keys, pair count, merge weights) is in
+// kernels/attention_task_math.h, shared with the CUDA kernels; the layout of a micro-batch's
+// sequences and the one planner that turns it into tasks are below.
 //
 // A task: query rows [q0, q1) and key/value rows [k0, k1) of packed tensors
 //   Q [rows_q, q_heads, D], K and V [rows_kv, kv_heads, D]   (GQA: q head h reads kv head h / group)
@@ -14,8 +16,31 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
+
+#include "kernels/attention_task_math.h"
 
 namespace cadtrain::kernels {
+
+// The sequences of a packed micro-batch (host memory): sequence s is rows
+// [cu_seqlens[s], cu_seqlens[s+1]), a piece of document doc_ids[s] whose first row has position
+// first_pos[s] in that document (a document split across micro-batches or ranks keeps its true
+// positions). Attention never crosses a sequence boundary.
+struct SequenceLayout {
+  const int32_t* cu_seqlens = nullptr;  // [n_seqs + 1], cu_seqlens[0] = 0, non-decreasing
+  int64_t n_seqs = 0;
+  const int32_t* first_pos = nullptr;   // [n_seqs]; nullptr: every sequence starts its document
+  const uint64_t* doc_ids = nullptr;    // [n_seqs]; nullptr: not known (sequences are distinct)
+};
+
+// Rows [begin, end) of a micro-batch, e.g. one nano-batch.
+struct RowRange {
+  int64_t begin = 0, end = 0;
+  int64_t size() const { return end - begin; }
+};
+
+// Throws naming `op` unless the layout is well formed; returns its row count.
+int64_t check_layout(const SequenceLayout& layout, const char* op);
 
 struct AttentionTask {
   int64_t q0 = 0, q1 = 0;          // query rows [q0, q1)
@@ -31,6 +56,17 @@ struct AttentionDims {
 
 // Causal (or full) (query, key) pairs of one task: the work its cost model counts.
 uint64_t task_pairs(const AttentionTask& task);
+
+// The one planner of whole-sequence attention on a device that holds the micro-batch's K and V:
+// for query rows `rows`, one causal task per sequence overlapping them, with query rows the
+// overlap, key rows from the sequence's first row to the overlap's end (earlier rows of the
+// sequence included, so a later nano-batch attends to the earlier one's keys) and positions from
+// first_pos. The tasks share neither query nor key rows. Throws unless the layout is well formed.
+std::vector<AttentionTask> sequence_tasks(const SequenceLayout& layout, RowRange rows);
+
+// Causal pairs of the whole micro-batch: the sum of task_pairs over sequence_tasks(layout, all
+// rows), i.e. sum of T(T+1)/2 over sequences (the FLOP count of MFU and of the cost model).
+uint64_t layout_pairs(const SequenceLayout& layout);
 
 // O and LSE of every task's query rows (rows not covered by any task are left untouched). Tasks
 // that share query rows are not allowed here: split the keys into one task and merge partials.

@@ -117,8 +117,8 @@ AttnOut run(CoreAttention& attn, const Inputs& in) {
   r.dq.assign(r.o.size(), kNaN);
   r.dk.assign(s.n * s.kv_heads * s.head_dim, kNaN);
   r.dv.assign(r.dk.size(), kNaN);
-  attn.forward(r.o.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(), s, in.layout());
-  attn.backward(r.dq.data(), r.dk.data(), r.dv.data(), in.dout.data(), in.q.data(), in.k.data(), in.v.data(),
+  attention_forward_all(attn, r.o.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(), s, in.layout());
+  attention_backward_all(attn, r.dq.data(), r.dk.data(), r.dv.data(), in.dout.data(), in.q.data(), in.k.data(), in.v.data(),
                 r.o.data(), r.lse.data(), s, in.layout());
   return r;
 }
@@ -171,7 +171,7 @@ TEST(AttentionReference, FiniteDifferences) {
     // L = sum(dout * O): its gradients are the backward's outputs for dO = dout.
     auto loss = [&] {
       std::vector<float> o(in.q.size()), lse(in.shape.n * in.shape.q_heads);
-      attn->forward(o.data(), lse.data(), in.q.data(), in.k.data(), in.v.data(), in.shape, in.layout());
+      attention_forward_all(*attn, o.data(), lse.data(), in.q.data(), in.k.data(), in.v.data(), in.shape, in.layout());
       return dot(in.dout, o);
     };
     test::expect_fd_grad(in.q, got.dq, loss, 1e-2f, 2e-3, "dL/dQ");
@@ -195,16 +195,16 @@ TEST(AttentionReference, LargeLogitsStayFinite) {
 TEST(AttentionReference, EmptyBatchAndBadShapes) {
   auto attn = make_local_reference_attention();
   Inputs empty = make_inputs({0, 0}, 2, 1, 16, 1);
-  attn->forward(nullptr, nullptr, nullptr, nullptr, nullptr, empty.shape, empty.layout());
+  attention_forward_all(*attn, nullptr, nullptr, nullptr, nullptr, nullptr, empty.shape, empty.layout());
   Inputs in = make_inputs({3, 2}, 4, 2, 16, 2);
   std::vector<float> o(in.q.size()), lse(in.shape.n * in.shape.q_heads);
   AttentionShape bad = in.shape;
   bad.kv_heads = 3;
-  EXPECT_THROW(attn->forward(o.data(), lse.data(), in.q.data(), in.k.data(), in.v.data(), bad, in.layout()), Error);
+  EXPECT_THROW(attention_forward_all(*attn, o.data(), lse.data(), in.q.data(), in.k.data(), in.v.data(), bad, in.layout()), Error);
   bad = in.shape;
   bad.n = 6;  // the sequences cover 5 tokens
-  EXPECT_THROW(attn->forward(o.data(), lse.data(), in.q.data(), in.k.data(), in.v.data(), bad, in.layout()), Error);
+  EXPECT_THROW(attention_forward_all(*attn, o.data(), lse.data(), in.q.data(), in.k.data(), in.v.data(), bad, in.layout()), Error);
   bad = in.shape;
   bad.softmax_scale = 0;
-  EXPECT_THROW(attn->forward(o.data(), lse.data(), in.q.data(), in.k.data(), in.v.data(), bad, in.layout()), Error);
+  EXPECT_THROW(attention_forward_all(*attn, o.data(), lse.data(), in.q.data(), in.k.data(), in.v.data(), bad, in.layout()), Error);
 }

@@ -375,8 +375,8 @@ TEST(AttentionTasks, CoreAttentionMatchesReferenceKernel) {
     r.dq.assign(r.o.size(), kNaN);
     r.dk.assign(n * hk * d, kNaN);  // overwritten by CoreAttention::backward
     r.dv.assign(r.dk.size(), kNaN);
-    attn->forward(r.o.data(), r.lse.data(), q.data(), k.data(), v.data(), shape, layout);
-    attn->backward(r.dq.data(), r.dk.data(), r.dv.data(), dout.data(), q.data(), k.data(), v.data(), r.o.data(),
+    attention_forward_all(*attn, r.o.data(), r.lse.data(), q.data(), k.data(), v.data(), shape, layout);
+    attention_backward_all(*attn, r.dq.data(), r.dk.data(), r.dv.data(), dout.data(), q.data(), k.data(), v.data(), r.o.data(),
                    r.lse.data(), shape, layout);
   }
   expect_close(res[1].o, test::to_double(res[0].o), 1e-5, "O");
@@ -384,4 +384,104 @@ TEST(AttentionTasks, CoreAttentionMatchesReferenceKernel) {
   expect_close(res[1].dq, test::to_double(res[0].dq), 1e-4, "dQ", 1e-2);
   expect_close(res[1].dk, test::to_double(res[0].dk), 1e-4, "dK", 1e-2);
   expect_close(res[1].dv, test::to_double(res[0].dv), 1e-4, "dV", 1e-2);
+}
+
+TEST(AttentionTasks, SequenceTasksPlanPartsWithTruePositions) {
+  // Sequences of 5, 0, 7, 4 rows; the third is the tail of a document (first position 10).
+  const std::vector<int32_t> cu = {0, 5, 5, 12, 16};
+  const std::vector<int32_t> first_pos = {0, 3, 10, 0};
+  const std::vector<uint64_t> docs = {4, 9, 2, 7};
+  const SequenceLayout layout{cu.data(), 4, first_pos.data(), docs.data()};
+  const std::vector<AttentionTask> all = sequence_tasks(layout, {0, 16});
+  ASSERT_EQ(all.size(), 3u);  // the empty sequence has no task
+  EXPECT_EQ(all[1].q0, 5);
+  EXPECT_EQ(all[1].k1, 12);
+  EXPECT_EQ(all[1].q_pos0, 10);
+  EXPECT_EQ(all[1].k_pos0, 10);
+  // Rows [3, 9): the end of sequence 0 (keys from its start) and the start of sequence 2.
+  const std::vector<AttentionTask> mid = sequence_tasks(layout, {3, 9});
+  ASSERT_EQ(mid.size(), 2u);
+  EXPECT_EQ(mid[0].q0, 3);
+  EXPECT_EQ(mid[0].q1, 5);
+  EXPECT_EQ(mid[0].k0, 0);
+  EXPECT_EQ(mid[0].k1, 5);
+  EXPECT_EQ(mid[0].q_pos0, 3);
+  EXPECT_EQ(mid[0].k_pos0, 0);
+  EXPECT_EQ(mid[1].q0, 5);
+  EXPECT_EQ(mid[1].q1, 9);
+  EXPECT_EQ(mid[1].k0, 5);
+  EXPECT_EQ(mid[1].k1, 9);
+  EXPECT_EQ(mid[1].q_pos0, 10);
+  // Rows [9, 16): sequence 2 from row 9 (position 14) with keys from its start, then sequence 3.
+  const std::vector<AttentionTask> last = sequence_tasks(layout, {9, 16});
+  ASSERT_EQ(last.size(), 2u);
+  EXPECT_EQ(last[0].q0, 9);
+  EXPECT_EQ(last[0].k0, 5);
+  EXPECT_EQ(last[0].k1, 12);
+  EXPECT_EQ(last[0].q_pos0, 14);
+  EXPECT_EQ(last[0].k_pos0, 10);
+  // The pair count of the parts adds up to the whole, which is sum T(T+1)/2.
+  uint64_t parts = 0;
+  for (const auto* ts : {&mid, &last}) {
+    for (const AttentionTask& t : *ts) parts += task_pairs(t);
+  }
+  for (const AttentionTask& t : sequence_tasks(layout, {0, 3})) parts += task_pairs(t);
+  EXPECT_EQ(layout_pairs(layout), 15u + 28u + 10u);
+  EXPECT_EQ(parts, layout_pairs(layout));
+  // Malformed layouts and ranges are named.
+  const std::vector<int32_t> bad_cu = {0, 5, 4};
+  EXPECT_THROW(sequence_tasks({bad_cu.data(), 2}, {0, 4}), Error);
+  EXPECT_THROW(sequence_tasks(layout, {3, 17}), Error);
+  const std::vector<int32_t> bad_pos = {0, -1, 0, 0};
+  EXPECT_THROW(sequence_tasks({cu.data(), 4, bad_pos.data()}, {0, 16}), Error);
+}
+
+// CoreAttention v2 on nano-batch parts that cut sequences: forward part by part, backward last
+// part first with dK and dV zeroed once, equals the whole micro-batch in one part (both local
+// strategies), and the fused kernel equals the reference on the parts.
+TEST(AttentionTasks, CoreAttentionPartsMatchWholeMicroBatch) {
+  const std::vector<int32_t> cu = {0, 37, 38, 38, 202, 207};
+  const std::vector<int32_t> first_pos = {0, 5, 0, 100, 0};  // the fourth: a document's tail
+  const int64_t n = cu.back(), hq = 4, hk = 2, d = 32;
+  const AttentionShape shape{n, hq, hk, d, 0.17f};
+  const SequenceLayout layout{cu.data(), 5, first_pos.data(), nullptr};
+  const auto q = randn(n * hq * d, 11), k = randn(n * hk * d, 12), v = randn(n * hk * d, 13);
+  const auto dout = randn(n * hq * d, 14);
+  const std::vector<RowRange> whole = {{0, n}};
+  const std::vector<RowRange> cut = {{0, 20}, {20, 120}, {120, 120}, {120, n}};
+  Out res[2][2];  // [strategy][whole, cut]
+  for (int si = 0; si < 2; ++si) {
+    const auto attn = si == 0 ? make_local_reference_attention() : make_local_task_attention();
+    for (int pi = 0; pi < 2; ++pi) {
+      const std::vector<RowRange>& parts = pi == 0 ? whole : cut;
+      Out& r = res[si][pi];
+      r.o.assign(n * hq * d, kNaN);
+      r.lse.assign(n * hq, kNaN);
+      r.dq.assign(r.o.size(), kNaN);
+      r.dk.assign(n * hk * d, 0.0f);
+      r.dv.assign(r.dk.size(), 0.0f);
+      const auto plan = attn->prepare(shape, layout, parts);
+      std::vector<std::unique_ptr<AttentionHandle>> fwd;
+      const AttentionIO io{q.data(), k.data(), v.data(), r.o.data(), r.lse.data()};
+      for (size_t p = 0; p < parts.size(); ++p) fwd.push_back(attn->forward(3, *plan, p, io));
+      for (auto& h : fwd) h->wait();
+      for (size_t p = parts.size(); p-- > 0;) {
+        attn->backward(3, *plan, p, *fwd[p], io, {dout.data(), r.dq.data(), r.dk.data(), r.dv.data()})->wait();
+      }
+    }
+    const std::string name = si == 0 ? "reference " : "fused ";
+    expect_close(res[si][1].o, test::to_double(res[si][0].o), 1e-5, name + "O");
+    expect_close(res[si][1].lse, test::to_double(res[si][0].lse), 1e-5, name + "LSE");
+    expect_close(res[si][1].dq, test::to_double(res[si][0].dq), 1e-5, name + "dQ", 1e-2);
+    expect_close(res[si][1].dk, test::to_double(res[si][0].dk), 1e-5, name + "dK", 1e-2);
+    expect_close(res[si][1].dv, test::to_double(res[si][0].dv), 1e-5, name + "dV", 1e-2);
+  }
+  expect_close(res[1][1].o, test::to_double(res[0][1].o), 1e-5, "fused vs reference O");
+  expect_close(res[1][1].dk, test::to_double(res[0][1].dk), 1e-4, "fused vs reference dK", 1e-2);
+  // Parts must be contiguous and cover the micro-batch.
+  auto attn = make_local_task_attention();
+  const std::vector<RowRange> gap = {{0, 20}, {30, n}};
+  EXPECT_THROW(attn->prepare(shape, layout, gap), Error);
+  const std::vector<RowRange> short_parts = {{0, 20}};
+  EXPECT_THROW(attn->prepare(shape, layout, short_parts), Error);
 }

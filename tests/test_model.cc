@@ -12,6 +12,7 @@
 #include "kernels/core_attention.h"
 #include "model_test_util.h"
 #include "trainer/generator.h"
+#include "trainer/grad_sync.h"
 #include "trainer/optimizer.h"
 
 using namespace cadtrain;
@@ -198,5 +199,154 @@ TEST(Model, OutOfRangeTokenIsRejected) {
     FAIL();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("token 37 at position 5"), std::string::npos) << e.what();
+  }
+}
+
+namespace {
+
+// Records every announced group with a copy of its gradients at announcement time.
+struct RecordingSync final : GradientSync {
+  ParameterSet* params = nullptr;
+  std::vector<GradGroup> groups;
+  std::vector<std::vector<float>> snapshots;
+  void grads_ready(const GradGroup& g) override {
+    groups.push_back(g);
+    snapshots.emplace_back(params->grads() + g.offset, params->grads() + g.offset + g.count);
+  }
+  void finish_step() override {}
+};
+
+}  // namespace
+
+// The data-parallel seam: every parameter announced once, in the documented order, and never
+// written after its announcement (so an all-reduce started then sees the final gradient).
+TEST(Model, GradientSyncAnnouncesFinalGradientsInOrder) {
+  for (const bool tied : {true, false}) {
+    for (const bool recompute : {false, true}) {
+      auto cfg = test::small_model_config(true, tied);
+      cfg.set_recompute_activations(recompute);
+      Fixture f(cfg);
+      ParameterSet& p = f.model->params();
+      const auto a = test::make_batch({12, 4}, cfg.vocab_size(), 1);
+      const auto b = test::make_batch({9, 7}, cfg.vocab_size(), 2);
+      RecordingSync sync;
+      sync.params = &p;
+      f.model->forward_backward(batch_view(a), 0.5f);  // an earlier micro-batch: no announcements
+      EXPECT_TRUE(sync.groups.empty());
+      f.model->forward_backward(batch_view(b), 0.5f, &sync);
+      const std::vector<float> final_grads = f.grads();
+      const int n_layers = static_cast<int>(cfg.n_layers());
+      ASSERT_EQ(sync.groups.size(), static_cast<size_t>(n_layers + 2));
+      std::vector<int> seen(p.infos().size(), 0);
+      for (size_t i = 0; i < sync.groups.size(); ++i) {
+        const GradGroup& g = sync.groups[i];
+        const int expected_layer = i == 0 ? GradGroup::kHead
+                                   : i + 1 == sync.groups.size() ? GradGroup::kEmbedding
+                                                                 : n_layers - static_cast<int>(i);
+        EXPECT_EQ(g.layer, expected_layer) << "group " << i;
+        if (i > 0) {
+          EXPECT_LE(g.offset + g.count, sync.groups[i - 1].offset) << "group " << i;
+        }
+        for (size_t t = g.first_param; t < g.end_param; ++t) {
+          ++seen[t];
+          EXPECT_GE(p.info(t).offset, g.offset);
+          EXPECT_LE(p.info(t).offset + p.info(t).numel, g.offset + g.count);
+        }
+        const std::vector<float> now(final_grads.begin() + static_cast<std::ptrdiff_t>(g.offset),
+                                     final_grads.begin() + static_cast<std::ptrdiff_t>(g.offset + g.count));
+        EXPECT_EQ(sync.snapshots[i], now) << "gradients of group " << i << " changed after it was announced";
+      }
+      for (size_t t = 0; t < seen.size(); ++t) EXPECT_EQ(seen[t], 1) << p.info(t).name;
+      LocalGradientSync local(p.infos().size());
+      f.model->forward_backward(batch_view(b), 0.5f, &local);
+      EXPECT_NO_THROW(local.finish_step());
+      EXPECT_EQ(local.last_step_groups(), static_cast<size_t>(n_layers + 2));
+    }
+  }
+}
+
+TEST(Model, LocalGradientSyncRejectsABrokenContract) {
+  LocalGradientSync sync(3);
+  sync.grads_ready(GradGroup{2, 3, 100, 10, GradGroup::kHead});
+  EXPECT_THROW(sync.grads_ready(GradGroup{1, 2, 105, 10, 0}), Error);  // overlaps the previous group
+  LocalGradientSync partial(3);
+  partial.grads_ready(GradGroup{2, 3, 100, 10, GradGroup::kHead});
+  EXPECT_THROW(partial.finish_step(), Error);  // parameters 0 and 1 never announced
+}
+
+namespace {
+
+// The local task attention, counting the calls the model makes.
+struct CountingAttention final : kernels::CoreAttention {
+  std::unique_ptr<kernels::CoreAttention> inner = kernels::make_local_task_attention();
+  int prepares = 0, forwards = 0, backwards = 0;
+  std::unique_ptr<kernels::AttentionPlan> prepare(const kernels::AttentionShape& shape,
+                                                  const kernels::SequenceLayout& layout,
+                                                  std::span<const kernels::RowRange> parts) override {
+    ++prepares;
+    return inner->prepare(shape, layout, parts);
+  }
+  std::unique_ptr<kernels::AttentionHandle> forward(int layer, kernels::AttentionPlan& plan, size_t part,
+                                                    const kernels::AttentionIO& io) override {
+    ++forwards;
+    return inner->forward(layer, plan, part, io);
+  }
+  std::unique_ptr<kernels::AttentionHandle> backward(int layer, kernels::AttentionPlan& plan, size_t part,
+                                                     kernels::AttentionHandle& fwd, const kernels::AttentionIO& io,
+                                                     const kernels::AttentionGrads& grads) override {
+    ++backwards;
+    return inner->backward(layer, plan, part, fwd, io, grads);
+  }
+};
+
+}  // namespace
+
+// Ping-pong is a loop in the model: the stages on two (or three) row ranges that cut documents
+// give the loss and gradients of one range, up to float rounding of the weight-gradient sums
+// (relative 1e-5, floor 1e-6), with and without recomputation; one range stays bit-identical.
+TEST(Model, NanoBatchesGiveTheSameLossAndGradients) {
+  for (const bool recompute : {false, true}) {
+    auto cfg = test::small_model_config(true, false);
+    cfg.set_recompute_activations(recompute);
+    const auto batch = test::make_batch({20, 7, 3, 11}, cfg.vocab_size(), 5);
+    Fixture one(cfg);
+    const LossSum l1 = one.model->forward_backward(batch_view(batch), 0.1f);
+    const std::vector<float> g1 = one.grads();
+    for (const int parts : {1, 2, 3}) {
+      Fixture f(cfg);
+      f.model->set_nano_batches(parts);
+      const LossSum l = f.model->forward_backward(batch_view(batch), 0.1f);
+      const std::vector<float> g = f.grads();
+      if (parts == 1) {
+        EXPECT_EQ(l.loss_sum, l1.loss_sum);
+        EXPECT_EQ(g, g1);
+        continue;
+      }
+      EXPECT_NEAR(l.loss_sum, l1.loss_sum, 1e-5 * std::fabs(l1.loss_sum)) << parts << " parts";
+      EXPECT_EQ(l.weight_sum, l1.weight_sum);
+      for (size_t i = 0; i < g.size(); ++i) {
+        ASSERT_NEAR(g[i], g1[i], 1e-5 * std::fabs(g1[i]) + 1e-6)
+            << "gradient float " << i << ", " << parts << " parts" << (recompute ? ", recompute" : "");
+      }
+    }
+  }
+}
+
+// Recomputation keeps core attention's O and LSE: one forward and one backward per attention
+// layer and part, however the activations are kept, and one prepare per micro-batch.
+TEST(Model, RecomputationNeverRepeatsCoreAttention) {
+  for (const bool recompute : {false, true}) {
+    auto cfg = test::small_model_config(false, true);
+    cfg.set_recompute_activations(recompute);
+    auto be = kernels::make_cpu_backend();
+    CountingAttention attn;
+    Model model(cfg, 64, *be, attn);
+    model.init_weights(3);
+    model.set_nano_batches(2);
+    model.forward_backward(batch_view(test::make_batch({20, 9}, cfg.vocab_size(), 1)), 1.0f);
+    const int attention_layers = 2;  // of small_model_config's three
+    EXPECT_EQ(attn.prepares, 1);
+    EXPECT_EQ(attn.forwards, attention_layers * 2) << (recompute ? "recompute" : "");
+    EXPECT_EQ(attn.backwards, attention_layers * 2) << (recompute ? "recompute" : "");
   }
 }

@@ -15,6 +15,9 @@ inline Batch batch_view(const data::MicroBatch& mb) {
   b.positions = mb.positions.data();
   b.cu_seqlens = mb.cu_seqlens.data();
   b.n_seqs = static_cast<int64_t>(mb.cu_seqlens.size()) - 1;
+  // Documents travel to core attention (a distributed strategy must know which pieces belong
+  // together); a micro-batch without them (tests) leaves them unknown.
+  if (mb.doc_ids.size() == static_cast<size_t>(b.n_seqs)) b.doc_ids = mb.doc_ids.data();
   return b;
 }
 

@@ -38,7 +38,6 @@ constexpr const char* kDataEpoch = "data_epoch";
 constexpr const char* kDataDocCursor = "data_doc_cursor";
 constexpr const char* kDataBatchInWindow = "data_batch_in_window";
 constexpr const char* kDataMicroBatches = "data_micro_batches";
-constexpr const char* kRngState = "rng_state";
 
 // 4 Mi floats (16 MiB) per chunk: large enough for full-speed I/O, far under HDF5's 4 GiB limit,
 // and each chunk carries its own Fletcher-32 checksum so that a flipped bit fails the load.
@@ -147,7 +146,6 @@ void write_state(hid_t file, const TrainingState& state) {
   write_u64_attribute(file, kDataDocCursor, &pos.doc_cursor, 1);
   write_u64_attribute(file, kDataBatchInWindow, &pos.batch_in_window, 1);
   write_u64_attribute(file, kDataMicroBatches, &pos.micro_batches, 1);
-  write_u64_attribute(file, kRngState, state.rng_state.data(), state.rng_state.size());
   write_config(file, state.config_text);
 }
 
@@ -322,8 +320,6 @@ TrainingState read_state(hid_t file) {
   state.data_position.doc_cursor = read_u64(file, kDataDocCursor);
   state.data_position.batch_in_window = read_u64(file, kDataBatchInWindow);
   state.data_position.micro_batches = read_u64(file, kDataMicroBatches);
-  read_u64_attribute(file, kRngState, state.rng_state.data(),
-                     static_cast<hssize_t>(state.rng_state.size()));
   state.config_text = read_config(file);
   return state;
 }

@@ -1,15 +1,16 @@
 // Checkpoints: one HDF5 file per saved step holding parameters, optimizer moments, the step,
-// RNG state, the data position and the config text. Written atomically (temporary file, fsync,
+// the data position and the config text. Written atomically (temporary file, fsync,
 // rename, fsync of the directory), so a process killed while writing leaves the previous
 // checkpoint intact; the newest keep_last are kept.
 //
 // File: <dir>/step_<00000123>.h5 with groups /params, /adam_m, /adam_v (one float32 dataset per
 // tensor, named as the model names it, with its shape), attributes step, format_version,
-// data_epoch, data_doc_cursor, data_batch_in_window, data_micro_batches, rng_state (uint64[4]),
-// and a string dataset /config (the effective config, text format).
+// data_epoch, data_doc_cursor, data_batch_in_window, data_micro_batches, and a string dataset /config
+// (the effective config, text format). Training draws no random numbers (data order is a
+// function of (seed, epoch)), so no RNG state is saved; an rng_state attribute of older files is
+// ignored.
 #pragma once
 
-#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -27,7 +28,6 @@ struct TensorRef {
 
 struct TrainingState {
   uint64_t step = 0;                   // optimizer steps completed
-  std::array<uint64_t, 4> rng_state{};
   data::PackerPosition data_position;
   std::string config_text;
 };

@@ -1,5 +1,5 @@
-// Model: parameters, buffers, initialisation, and the forward/backward over the whole stack.
-// The blocks themselves are in model_blocks.cc.
+// Model: parameters, buffers, initialisation, and the forward/backward over the whole stack: the
+// loops over layers and parts (nano-batches) that order the stages of model_blocks.cc.
 #include "trainer/model.h"
 
 #include <fmt/format.h>
@@ -46,7 +46,11 @@ Model::Impl::Impl(const config::ModelConfig& cfg, int64_t max_tokens_, kernels::
   CADTRAIN_CHECK(max_tokens > 0, "max_tokens must be positive");
   embedding = params.add("tok_embedding", {dims.vocab, dims.c});
   layers.resize(static_cast<size_t>(dims.n_layers));
-  for (size_t l = 0; l < layers.size(); ++l) declare_layer(params, dims, l, layers[l]);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    layer_first_param.push_back(params.infos().size());
+    declare_layer(params, dims, l, layers[l]);
+  }
+  layer_first_param.push_back(params.infos().size());
   final_norm = params.add("final_norm", {dims.c});
   lm_head = dims.tied ? embedding : params.add("lm_head", {dims.vocab, dims.c});
   params.allocate(be);
@@ -56,6 +60,11 @@ Model::Impl::Impl(const config::ModelConfig& cfg, int64_t max_tokens_, kernels::
   for (int64_t l = 0; l <= dims.n_layers; ++l) resid.push_back(buffer(n * c));
   acts.resize(dims.recompute ? 1 : layers.size());
   for (auto& a : acts) a = make_acts();
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const bool is_attention = dims.kinds[l] == config::ATTENTION;
+    attn_o.push_back(is_attention ? buffer(n * static_cast<size_t>(dims.q_dim())) : nullptr);
+    attn_lse.push_back(is_attention ? buffer(n * static_cast<size_t>(dims.q_heads)) : nullptr);
+  }
   const size_t wide = std::max<size_t>(c, static_cast<size_t>(dims.q_dim()));
   const auto f = static_cast<size_t>(dims.ffn);
   grads = GradScratch{buffer(n * c), buffer(n * c), buffer(n * c), buffer(n * static_cast<size_t>(dims.q_dim())),
@@ -90,8 +99,6 @@ LayerActs Model::Impl::make_acts() {
     a.q = buffer(n * qd);
     a.k = buffer(n * kvd);
     a.v = buffer(n * kvd);
-    a.o = buffer(n * qd);
-    a.lse = buffer(n * static_cast<size_t>(dims.q_heads));
     if (dims.qk_norm) {
       a.q_pre = buffer(n * qd);
       a.k_pre = buffer(n * kvd);
@@ -111,38 +118,77 @@ LayerActs Model::Impl::make_acts() {
   return a;
 }
 
-void Model::Impl::forward_layer(size_t l, const Batch& batch) {
-  LayerActs& a = acts_of(l);
-  if (dims.kinds[l] == config::ATTENTION) {
-    attention_forward(l, batch, a);
-  } else {
-    conv_forward(l, batch, a);
+void Model::Impl::prepare(const Batch& batch) {
+  CADTRAIN_CHECK(batch.n > 0 && batch.n <= max_tokens, "micro-batch of {} tokens, model built for at most {}",
+                 batch.n, max_tokens);
+  // Parts of near-equal rows (nano-batches); a part may cut a sequence: its tasks then attend to
+  // the earlier part's keys.
+  const auto n_parts = static_cast<int64_t>(nano_batches);
+  parts.clear();
+  for (int64_t p = 0; p < n_parts; ++p) parts.push_back({batch.n * p / n_parts, batch.n * (p + 1) / n_parts});
+  first_pos.assign(static_cast<size_t>(std::max<int64_t>(batch.n_seqs, 0)), 0);
+  for (int64_t s = 0; s < batch.n_seqs; ++s) {
+    const int32_t row = batch.cu_seqlens[s];
+    if (row < batch.cu_seqlens[s + 1] && row < batch.n) first_pos[static_cast<size_t>(s)] = batch.positions[row];
   }
-  mlp_forward(l, batch, a);
+  const kernels::AttentionShape shape{batch.n, dims.q_heads, dims.kv_heads, dims.head_dim,
+                                      static_cast<float>(1.0 / std::sqrt(static_cast<double>(dims.head_dim)))};
+  const kernels::SequenceLayout layout{batch.cu_seqlens, batch.n_seqs, first_pos.data(), batch.doc_ids};
+  fwd_handles.clear();  // handles of the previous micro-batch, before its plan goes
+  bwd_handles.clear();
+  plan.reset();
+  const double t0 = now_seconds();
+  plan = attention.prepare(shape, layout, parts);
+  times.core_attention += now_seconds() - t0;
+  fwd_handles.resize(layers.size() * parts.size());
+  bwd_handles.resize(parts.size());
 }
 
+// Each part's pre stage then its core stage (so a part's core attention can overlap the next
+// part's projections), then every part's post stage (waiting for its core attention).
+void Model::Impl::forward_layer(size_t l, const Batch& batch, bool recomputing) {
+  LayerActs& a = acts_of(l);
+  for (size_t p = 0; p < parts.size(); ++p) {
+    mixer_pre(l, batch, p, a);
+    mixer_core(l, batch, p, a, recomputing);
+  }
+  for (size_t p = 0; p < parts.size(); ++p) layer_post(l, batch, p, a);
+}
+
+// Parts last to first: a part's core backward adds into dK, dV of earlier parts' rows, so every
+// part's pre_backward waits until all core backwards of the layer have been started.
 void Model::Impl::backward_layer(size_t l, const Batch& batch) {
   LayerActs& a = acts_of(l);
-  mlp_backward(l, batch, a);
   if (dims.kinds[l] == config::ATTENTION) {
-    attention_backward(l, batch, a);
-  } else {
-    conv_backward(l, batch, a);
+    const auto kv = static_cast<size_t>(batch.n * dims.kv_dim());
+    be.zero(grads.dk, kv);  // core backward accumulates into them
+    be.zero(grads.dv, kv);
   }
+  for (size_t p = parts.size(); p-- > 0;) {
+    post_backward(l, batch, p, a);
+    core_backward(l, batch, p, a);
+  }
+  for (size_t p = parts.size(); p-- > 0;) pre_backward(l, batch, p, a);
 }
 
 void Model::Impl::forward_trunk(const Batch& batch) {
-  CADTRAIN_CHECK(batch.n > 0 && batch.n <= max_tokens, "micro-batch of {} tokens, model built for at most {}",
-                 batch.n, max_tokens);
+  prepare(batch);
   for (int64_t i = 0; i < batch.n; ++i) {
     if (batch.tokens[i] >= static_cast<uint32_t>(dims.vocab)) {
       fail("token {} at position {} of the micro-batch is >= vocab_size {}", batch.tokens[i], i, dims.vocab);
     }
   }
   be.embedding_forward(resid[0], batch.tokens, params.param(embedding), batch.n, dims.c);
-  for (size_t l = 0; l < layers.size(); ++l) forward_layer(l, batch);
+  for (size_t l = 0; l < layers.size(); ++l) forward_layer(l, batch, false);
   be.rmsnorm_forward(xf, rstd_f, resid.back(), params.param(final_norm), batch.n, dims.c,
                      static_cast<float>(dims.norm_eps));
+}
+
+void Model::Impl::announce_grads(GradientSync* sync, size_t first, size_t end, int layer) {
+  if (sync == nullptr) return;
+  const ParamInfo& last = params.info(end - 1);
+  const size_t offset = params.info(first).offset;
+  sync->grads_ready(GradGroup{first, end, offset, last.offset + last.numel - offset, layer});
 }
 
 kernels::LmHeadLossArgs Model::Impl::loss_args(const Batch& batch) const {
@@ -169,6 +215,11 @@ kernels::Backend& Model::backend() { return impl_->be; }
 const PhaseTimes& Model::times() const { return impl_->times; }
 void Model::reset_times() { impl_->times = PhaseTimes{}; }
 
+void Model::set_nano_batches(int count) {
+  CADTRAIN_CHECK(count >= 1, "nano_batches = {}: must be at least 1", count);
+  impl_->nano_batches = count;
+}
+
 void Model::init_weights(uint64_t seed) {
   Impl& m = *impl_;
   const double residual_scale = 1.0 / std::sqrt(2.0 * static_cast<double>(m.dims.n_layers));
@@ -186,7 +237,7 @@ void Model::init_weights(uint64_t seed) {
   }
 }
 
-LossSum Model::forward_backward(const Batch& batch, float grad_scale) {
+LossSum Model::forward_backward(const Batch& batch, float grad_scale, GradientSync* grad_sync) {
   Impl& m = *impl_;
   const double t0 = now_seconds();
   m.forward_trunk(batch);
@@ -203,15 +254,19 @@ LossSum Model::forward_backward(const Batch& batch, float grad_scale) {
   // d(final norm input) -> residual gradient
   m.be.rmsnorm_backward(m.grads.dx, m.params.grad(m.final_norm), m.grads.dtmp, m.resid.back(),
                         m.params.param(m.final_norm), m.rstd_f, batch.n, m.dims.c);
+  // final_norm, then lm_head when untied (a tied head is the embedding, complete only at the end)
+  m.announce_grads(grad_sync, m.final_norm, m.params.infos().size(), GradGroup::kHead);
   for (size_t l = m.layers.size(); l-- > 0;) {
     if (m.dims.recompute) {
       const double r0 = now_seconds();
-      m.forward_layer(l, batch);  // refills the shared LayerActs from resid[l]
+      m.forward_layer(l, batch, true);  // refills the shared LayerActs from resid[l]
       m.times.forward += now_seconds() - r0;
     }
     m.backward_layer(l, batch);
+    m.announce_grads(grad_sync, m.layer_first_param[l], m.layer_first_param[l + 1], static_cast<int>(l));
   }
   m.be.embedding_backward(m.params.grad(m.embedding), m.grads.dx, batch.tokens, batch.n, m.dims.c);
+  m.announce_grads(grad_sync, m.embedding, m.embedding + 1, GradGroup::kEmbedding);
   m.times.backward += now_seconds() - t1;
   return LossSum{loss.loss_sum, loss.weight_sum};
 }

@@ -23,6 +23,8 @@ class CoreAttention;
 
 namespace cadtrain::trainer {
 
+class GradientSync;
+
 // One micro-batch, host memory (see data::MicroBatch for the meaning of each array).
 struct Batch {
   int64_t n = 0;
@@ -32,6 +34,7 @@ struct Batch {
   const int32_t* positions = nullptr;
   const int32_t* cu_seqlens = nullptr;  // [n_seqs + 1]
   int64_t n_seqs = 0;
+  const uint64_t* doc_ids = nullptr;    // [n_seqs] document of each sequence; nullptr: not known
 };
 
 struct LossSum {
@@ -61,13 +64,20 @@ class Model {
   void init_weights(uint64_t seed);
 
   // Forward and backward of one micro-batch. Gradients of grad_scale * (sum of masked token
-  // losses) accumulate into params().grads().
-  LossSum forward_backward(const Batch& batch, float grad_scale);
+  // losses) accumulate into params().grads(). With grad_sync (pass it for the last micro-batch of
+  // a step only), each group of parameters is announced to it as soon as its gradient is final
+  // (order and contract in trainer/grad_sync.h).
+  LossSum forward_backward(const Batch& batch, float grad_scale, GradientSync* grad_sync = nullptr);
   // Forward only; row_loss and row_argmax ([n], optional) receive per-token results.
   LossSum evaluate(const Batch& batch, float* row_loss, uint32_t* row_argmax);
 
   // Forward only, materialising all logits [n, vocab] (tests, parity checks, small models).
   void logits(const Batch& batch, float* out);
+
+  // Runs every layer's stages on `count` parts of near-equal rows (nano-batches) instead of one,
+  // so that a CoreAttention that overlaps can hide one part's attention behind the other's
+  // linear layers (ping-pong). Same loss and gradients up to float rounding; 1 by default.
+  void set_nano_batches(int count);
 
   const PhaseTimes& times() const;
   void reset_times();

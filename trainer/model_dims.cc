@@ -2,6 +2,7 @@
 #include "trainer/model_dims.h"
 
 #include "configs/config.h"
+#include "kernels/attention_tasks.h"  // layout_pairs: the one pair count
 
 namespace cadtrain::trainer {
 
@@ -49,12 +50,8 @@ uint64_t ModelDims::param_count() const {
 }
 
 uint64_t causal_pairs(std::span<const int32_t> cu_seqlens) {
-  uint64_t pairs = 0;
-  for (size_t s = 0; s + 1 < cu_seqlens.size(); ++s) {
-    const auto t = static_cast<uint64_t>(cu_seqlens[s + 1] - cu_seqlens[s]);
-    pairs += t * (t + 1) / 2;
-  }
-  return pairs;
+  if (cu_seqlens.empty()) return 0;
+  return kernels::layout_pairs({cu_seqlens.data(), static_cast<int64_t>(cu_seqlens.size()) - 1});
 }
 
 double training_flops(const ModelDims& dims, uint64_t tokens, uint64_t pairs) {

@@ -26,7 +26,8 @@ struct ModelDims {
   uint64_t matmul_params() const;
 };
 
-// Causal (query, key) pairs of packed sequences: sum of T(T+1)/2.
+// Causal (query, key) pairs of packed sequences: sum of T(T+1)/2 (kernels::layout_pairs, the
+// task contract's count, which the attention kernels and the cost model use too).
 uint64_t causal_pairs(std::span<const int32_t> cu_seqlens);
 
 // Model FLOPs of one training step's forward + backward over `tokens` tokens whose sequences have

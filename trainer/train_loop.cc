@@ -7,11 +7,12 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
+#include <span>
 #include <vector>
 
 #include "common/clock.h"
 #include "common/error.h"
-#include "common/rng.h"
 #include "configs/config.h"
 #include "data/dataset.h"
 #include "data/default_corpus.h"
@@ -56,7 +57,8 @@ struct StepBatches {
   uint64_t cut_tokens = 0;
 };
 
-StepBatches next_step_batches(data::Packer& packer, uint32_t count) {
+// weight is the loss-mask weight of the whole global batch (summed over the group).
+StepBatches next_step_batches(data::Packer& packer, uint32_t count, TrainGroup& group) {
   StepBatches s;
   for (uint32_t i = 0; i < count; ++i) {
     s.micro.push_back(packer.next());
@@ -65,17 +67,27 @@ StepBatches next_step_batches(data::Packer& packer, uint32_t count) {
     s.tokens += s.micro.back().tokens.size();
     s.cut_tokens += s.micro.back().cut_tokens;
   }
+  group.sum_over_batch(std::span<double>(&s.weight, 1));
   return s;
 }
 
 }  // namespace
 
 TrainResult train(const config::RunConfig& cfg, const std::string& provenance, const std::string& resume_from) {
+  const std::unique_ptr<TrainGroup> group = make_single_process_group();
+  return train(cfg, provenance, resume_from, *group);
+}
+
+TrainResult train(const config::RunConfig& cfg, const std::string& provenance, const std::string& resume_from,
+                  TrainGroup& group) {
   check_supported(cfg);
+  const bool writer = group.is_writer();
   const std::string run_dir = config::run_dir(cfg);
   const std::string ckpt_dir = cfg.checkpoint().dir().empty() ? run_dir + "/checkpoints" : cfg.checkpoint().dir();
-  fs::create_directories(ckpt_dir);
-  config::write_effective_config(cfg, provenance, run_dir + "/config.pbtxt");
+  if (writer) {
+    fs::create_directories(ckpt_dir);
+    config::write_effective_config(cfg, provenance, run_dir + "/config.pbtxt");
+  }
 
   if (cfg.data().generate_if_missing()) {
     for (const auto& g : data::ensure_synthetic_datasets(cfg.data(), false)) {
@@ -95,14 +107,16 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   ModelSession session = make_model_session(cfg, static_cast<int64_t>(tokens_mb));
   Model& model = *session.model;
   AdamW optimizer(cfg.optimizer(), model.params(), *session.backend);
+  const std::unique_ptr<GradientSync> grad_sync = group.make_gradient_sync(model.params(), *session.backend);
   data::PackerOptions popt;
   popt.tokens_per_micro_batch = tokens_mb;
   popt.shuffle = cfg.data().shuffle();
   popt.seed = cfg.seed();
+  popt.rank = group.data_rank();
+  popt.world = group.data_ranks();
   // Only LOCAL attention needs a document longer than a micro-batch cut (see data/packing.h).
   popt.cut_long_documents = cfg.attention().strategy() == config::LOCAL;
   data::Packer packer(train_ds, popt);
-  Rng rng(cfg.seed(), 0x7261696eULL);  // reserved for stochastic training features; checkpointed
 
   uint64_t step = 0;
   if (!resume_from.empty()) {
@@ -111,17 +125,17 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     step = state.step;
     optimizer.set_steps_done(step);
     packer.restore(state.data_position);
-    rng.set_state(state.rng_state.data());
-    fmt::print("resumed from {} at step {}\n", path, step);
+    if (writer) fmt::print("resumed from {} at step {}\n", path, step);
   } else {
     model.init_weights(cfg.seed());
   }
 
   const ModelDims& dims = model.dims();
   const double peak_gflops = kernels::measure_sgemm_gflops();
-  RunLog log(run_dir + "/" + cfg.logging().metrics_file(), !resume_from.empty(), cfg.logging().log_every());
+  std::optional<RunLog> log;  // the writer's only
+  if (writer) log.emplace(run_dir + "/" + cfg.logging().metrics_file(), !resume_from.empty(), cfg.logging().log_every());
   const uint64_t tokens_step = tokens_mb * cfg.data().grad_accumulation();
-  log.table({{"run directory", run_dir},
+  if (log) log->table({{"run directory", run_dir},
              {"model", fmt::format("{} layers, d_model {}, {} heads ({} kv), head_dim {}, ffn {}, vocab {}{}",
                                    dims.n_layers, dims.c, dims.q_heads, dims.kv_heads, dims.head_dim, dims.ffn,
                                    dims.vocab, dims.tied ? ", tied head" : "")},
@@ -147,13 +161,13 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     const bool last = at == cfg.schedule().total_steps();
     result.eval = evaluate(model, *eval_ds, tokens_mb, last ? kWholeDataset : cfg.schedule().eval_batches());
     result.evaluated = true;
-    log.eval(at, "eval", result.eval);
+    if (log) log->eval(at, "eval", result.eval);
   };
   const auto save = [&](uint64_t at) {
+    if (!writer) return;
     TrainingState state;
     state.step = at;
     state.data_position = packer.position();
-    std::copy(rng.state(), rng.state() + 4, state.rng_state.begin());
     state.config_text = config::effective_config_text(cfg, provenance);
     result.checkpoint = save_checkpoint(ckpt_dir, state, checkpoint_tensors(model, &optimizer), cfg.checkpoint().keep_last());
   };
@@ -162,13 +176,18 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   while (step < cfg.schedule().total_steps()) {
     StepMetrics m;
     const double t0 = now_seconds();
-    const StepBatches batches = next_step_batches(packer, cfg.data().grad_accumulation());
+    const StepBatches batches = next_step_batches(packer, cfg.data().grad_accumulation(), group);
     m.data = now_seconds() - t0;
     session.backend->zero(model.params().grads(), model.params().total());
     model.reset_times();
     double loss_sum = 0;
     const float grad_scale = batches.weight > 0 ? static_cast<float>(1.0 / batches.weight) : 0.0f;
-    for (const auto& mb : batches.micro) loss_sum += model.forward_backward(batch_view(mb), grad_scale).loss_sum;
+    for (size_t i = 0; i < batches.micro.size(); ++i) {
+      GradientSync* sync = i + 1 == batches.micro.size() ? grad_sync.get() : nullptr;
+      loss_sum += model.forward_backward(batch_view(batches.micro[i]), grad_scale, sync).loss_sum;
+    }
+    grad_sync->finish_step();
+    group.sum_over_batch(std::span<double>(&loss_sum, 1));
     m.loss = batches.weight > 0 ? loss_sum / batches.weight : 0;
     m.forward = model.times().forward;
     m.backward = model.times().backward;
@@ -190,7 +209,7 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
              step + 1, bad, m.loss, m.grad_norm, step);
       }
       m.skipped = true;
-      log.note(fmt::format("step {}: non-finite value in {}: step skipped", step + 1, bad));
+      if (log) log->note(fmt::format("step {}: non-finite value in {}: step skipped", step + 1, bad));
     } else {
       optimizer.step(m.lr, m.grad_norm);
     }
@@ -199,12 +218,12 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     m.step = step;
     m.total_steps = cfg.schedule().total_steps();
     m.seconds = now_seconds() - t0;
-    m.tokens = batches.tokens;
+    m.tokens = batches.tokens;  // this rank's
     m.capacity = tokens_step;
     m.cut_tokens = batches.cut_tokens;
     m.tokens_per_second = static_cast<double>(batches.tokens) / m.seconds;
     m.mfu = training_flops(dims, batches.tokens, batches.pairs) / m.seconds / (peak_gflops * 1e9);
-    log.step(m);
+    if (log) log->step(m);
     if (first) result.first_loss = m.loss;
     first = false;
     result.last_loss = m.loss;
@@ -215,7 +234,7 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     if (every_ckpt > 0 && step % every_ckpt == 0 && step != cfg.schedule().total_steps()) save(step);
   }
   save(step);
-  log.note(fmt::format("checkpoint {}", result.checkpoint));
+  if (log) log->note(fmt::format("checkpoint {}", result.checkpoint));
   evaluate_now(step);
   result.steps = step;
   return result;

@@ -7,6 +7,7 @@
 
 #include "configs/cadtrain.pb.h"
 #include "trainer/evaluate.h"
+#include "trainer/train_group.h"
 
 namespace cadtrain::trainer {
 
@@ -21,6 +22,10 @@ struct TrainResult {
 
 // Trains per cfg. resume_from: a checkpoint file or run directory to continue from ("" = fresh).
 // provenance describes where cfg came from (written into the effective config).
+// Every rank of the job calls it with its own TrainGroup (train_group.h); the 3-argument form
+// trains in this process alone.
+TrainResult train(const config::RunConfig& cfg, const std::string& provenance, const std::string& resume_from,
+                  TrainGroup& group);
 TrainResult train(const config::RunConfig& cfg, const std::string& provenance, const std::string& resume_from);
 
 }  // namespace cadtrain::trainer

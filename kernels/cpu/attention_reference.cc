@@ -1,9 +1,10 @@
-// The CPU reference core attention: exact softmax attention with sgemm, one task per
-// (sequence, kv head), tasks spread over OpenMP threads longest first. Each task runs its query
-// heads and walks the query rows in blocks of kRowBlock, computing only the key columns the
-// causal mask leaves (columns [0, r1) for rows [r0, r1)), so the scratch is kRowBlock x T.
+// The CPU reference core attention: exact softmax attention with sgemm over the same tasks as the
+// fused kernel (sequence_tasks, kernels/attention_tasks.h), one work item per (task, kv head),
+// spread over OpenMP threads costliest first. Each item runs its query heads and walks the query
+// rows in blocks of kRowBlock, computing only the key columns the causal mask leaves (columns
+// [0, visible(last row of the block))), so the scratch is kRowBlock x task keys.
 // sgemm here runs inside our parallel region, where the OpenMP build of OpenBLAS stays on the
-// calling thread: every task is an independent, single-threaded product.
+// calling thread: every item is an independent, single-threaded product.
 #include <cblas.h>
 #include <omp.h>
 
@@ -15,6 +16,7 @@
 #include "kernels/core_attention.h"
 #include "kernels/cpu/cpu_math.h"
 #include "kernels/cpu/cpu_util.h"
+#include "kernels/local_attention_plan.h"
 
 namespace cadtrain::kernels {
 
@@ -28,83 +30,104 @@ constexpr int kRowBlock = 128;
 
 // OpenBLAS keeps a fixed table of work buffers, max(50, 2 * NUM_THREADS) slots (128 in Debian's
 // build of NUM_THREADS 64), one per sgemm in flight; more concurrent callers abort the process
-// ("too many memory regions"). The tasks' team stays within half of it.
+// ("too many memory regions"). The items' team stays within half of it.
 int blas_caller_threads() { return std::min(omp_get_max_threads(), 64); }
 
-thread_local std::vector<float> t_scores;  // [kRowBlock, T]: S, then P, then dS
-thread_local std::vector<float> t_dprobs;  // [kRowBlock, T]: dP
+thread_local std::vector<float> t_scores;  // [kRowBlock, keys]: S, then P, then dS
+thread_local std::vector<float> t_dprobs;  // [kRowBlock, keys]: dP
 
-struct Task {
-  int64_t seq = 0, kv_head = 0, cost = 0;
+struct Item {
+  size_t task = 0;
+  int64_t kv_head = 0, cost = 0;
 };
 
-// Checks shape and layout; returns the tasks, costliest first (dynamic scheduling then ends with
-// the short ones, which balances threads).
-std::vector<Task> plan_tasks(const AttentionShape& shape, const SequenceLayout& layout, const char* op) {
-  CADTRAIN_CHECK(shape.n >= 0, "{}: n = {} is negative", op, shape.n);
+// Checks the shape; returns the part's (task, kv head) items, costliest first (dynamic scheduling
+// then ends with the short ones, which balances threads).
+std::vector<Item> plan_items(const LocalAttentionPlan& plan, size_t part, const char* op) {
+  const AttentionShape& shape = plan.shape;
   CADTRAIN_CHECK(shape.q_heads > 0 && shape.kv_heads > 0 && shape.q_heads % shape.kv_heads == 0,
                  "{}: q_heads = {} must be a positive multiple of kv_heads = {}", op, shape.q_heads, shape.kv_heads);
   CADTRAIN_CHECK(shape.head_dim > 0, "{}: head_dim = {} must be > 0", op, shape.head_dim);
   CADTRAIN_CHECK(std::isfinite(shape.softmax_scale) && shape.softmax_scale > 0,
                  "{}: softmax_scale = {} must be finite and > 0 (usually 1/sqrt(head_dim))", op, shape.softmax_scale);
   blas_dim(shape.q_heads * shape.head_dim, op, "q_heads * head_dim");
-  const int64_t tokens = cpu::check_cu_seqlens(layout.cu_seqlens, layout.n_seqs, op);
-  CADTRAIN_CHECK(tokens == shape.n, "{}: the sequences cover {} tokens but n = {}", op, tokens, shape.n);
-  std::vector<Task> tasks;
-  tasks.reserve(static_cast<size_t>(layout.n_seqs * shape.kv_heads));
-  for (int64_t s = 0; s < layout.n_seqs; ++s) {
-    const int64_t len = layout.cu_seqlens[s + 1] - layout.cu_seqlens[s];
-    if (len == 0) continue;
-    for (int64_t g = 0; g < shape.kv_heads; ++g) tasks.push_back({s, g, len * len});
+  std::vector<Item> items;
+  const std::vector<AttentionTask>& tasks = plan.tasks[part];
+  for (size_t t = 0; t < tasks.size(); ++t) {
+    if (tasks[t].q1 <= tasks[t].q0) continue;
+    blas_dim(tasks[t].k1 - tasks[t].k0, op, "task key rows");
+    const auto cost = static_cast<int64_t>(task_pairs(tasks[t]));
+    for (int64_t g = 0; g < shape.kv_heads; ++g) items.push_back({t, g, cost});
   }
-  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& x, const Task& y) { return x.cost > y.cost; });
-  return tasks;
+  std::stable_sort(items.begin(), items.end(), [](const Item& x, const Item& y) { return x.cost > y.cost; });
+  return items;
 }
 
-// Pointers and leading dimensions of one (sequence, head) slice: row t of head h of Q is
-// q + (t0 + t) * ldq + h * D.
+// One task's geometry in the units sgemm takes: query row i of the task (absolute row q0 + i)
+// sees key rows k0 .. k0 + visible(i) - 1.
 struct Slices {
-  int T = 0, D = 0, ldq = 0, ldk = 0;
-  int64_t t0 = 0;
+  int nq = 0, nk = 0, D = 0, ldq = 0, ldk = 0;
+  int64_t q0 = 0, k0 = 0, off = 0;
+  bool causal = true;
+  int visible(int i) const { return static_cast<int>(task_math::visible_keys(i, off, nk, causal)); }
 };
 
-Slices slices_of(const AttentionShape& shape, const SequenceLayout& layout, int64_t seq) {
+Slices slices_of(const AttentionShape& shape, const AttentionTask& t) {
   Slices sl;
-  sl.t0 = layout.cu_seqlens[seq];
-  sl.T = static_cast<int>(layout.cu_seqlens[seq + 1] - sl.t0);
+  sl.nq = static_cast<int>(t.q1 - t.q0);
+  sl.nk = static_cast<int>(t.k1 - t.k0);
   sl.D = static_cast<int>(shape.head_dim);
   sl.ldq = static_cast<int>(shape.q_heads * shape.head_dim);
   sl.ldk = static_cast<int>(shape.kv_heads * shape.head_dim);
+  sl.q0 = t.q0;
+  sl.k0 = t.k0;
+  sl.off = t.q_pos0 - t.k_pos0;
+  sl.causal = t.causal;
   return sl;
 }
 
 class ReferenceAttention final : public CoreAttention {
  public:
-  void forward(float* o, float* lse, const float* q, const float* k, const float* v, const AttentionShape& shape,
-               const SequenceLayout& layout) override {
-    const std::vector<Task> tasks = plan_tasks(shape, layout, "attention forward");
-    if (tasks.empty()) return;
-    CADTRAIN_CHECK(o && lse && q && k && v, "attention forward: o, lse, q, k and v must all be non-null");
+  std::unique_ptr<AttentionPlan> prepare(const AttentionShape& shape, const SequenceLayout& layout,
+                                         std::span<const RowRange> parts) override {
+    return make_local_plan(shape, layout, parts, "reference attention prepare");
+  }
+
+  std::unique_ptr<AttentionHandle> forward(int /*layer*/, AttentionPlan& plan_base, size_t part,
+                                           const AttentionIO& io) override {
+    const LocalAttentionPlan& plan = local_plan(plan_base, part, "attention forward");
+    const std::vector<Item> items = plan_items(plan, part, "attention forward");
+    if (items.empty()) return completed_attention();
+    CADTRAIN_CHECK(io.o && io.lse && io.q && io.k && io.v, "attention forward: o, lse, q, k and v must all be non-null");
+    const AttentionShape& shape = plan.shape;
     const int64_t group = shape.q_heads / shape.kv_heads;
     const float scale = shape.softmax_scale;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(blas_caller_threads())
-    for (size_t ti = 0; ti < tasks.size(); ++ti) {
-      const Task& task = tasks[ti];
-      const Slices sl = slices_of(shape, layout, task.seq);
-      float* S = scratch(t_scores, static_cast<size_t>(std::min(kRowBlock, sl.T)) * sl.T);
-      const float* Kg = k + sl.t0 * sl.ldk + task.kv_head * sl.D;
-      const float* Vg = v + sl.t0 * sl.ldk + task.kv_head * sl.D;
-      for (int64_t h = task.kv_head * group; h < (task.kv_head + 1) * group; ++h) {
-        const float* Qh = q + sl.t0 * sl.ldq + h * sl.D;
-        float* Oh = o + sl.t0 * sl.ldq + h * sl.D;
-        for (int r0 = 0; r0 < sl.T; r0 += kRowBlock) {
-          const int rows = std::min(kRowBlock, sl.T - r0), cols = r0 + rows;
-          // S[rows, cols] = scale * Q[r0:r0+rows] K[0:cols]^T
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, sl.D, scale, Qh + int64_t{r0} * sl.ldq,
-                      sl.ldq, Kg, sl.ldk, 0.0f, S, cols);
+    for (size_t it = 0; it < items.size(); ++it) {
+      const Item& item = items[it];
+      const Slices sl = slices_of(shape, plan.tasks[part][item.task]);
+      float* S = scratch(t_scores, static_cast<size_t>(std::min(kRowBlock, sl.nq)) * std::max(sl.nk, 1));
+      const float* Kg = io.k + sl.k0 * sl.ldk + item.kv_head * sl.D;
+      const float* Vg = io.v + sl.k0 * sl.ldk + item.kv_head * sl.D;
+      for (int64_t h = item.kv_head * group; h < (item.kv_head + 1) * group; ++h) {
+        const float* Qh = io.q + sl.q0 * sl.ldq + h * sl.D;
+        float* Oh = io.o + sl.q0 * sl.ldq + h * sl.D;
+        for (int r0 = 0; r0 < sl.nq; r0 += kRowBlock) {
+          const int rows = std::min(kRowBlock, sl.nq - r0), cols = sl.visible(r0 + rows - 1);
+          if (cols > 0) {
+            // S[rows, cols] = scale * Q[r0:r0+rows] K[0:cols]^T
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, sl.D, scale, Qh + int64_t{r0} * sl.ldq,
+                        sl.ldq, Kg, sl.ldk, 0.0f, S, cols);
+          }
           for (int i = 0; i < rows; ++i) {
             float* row = S + int64_t{i} * cols;
-            const int valid = r0 + i + 1;  // causal: row t sees keys 0..t
+            const int valid = sl.visible(r0 + i);
+            float& lse = io.lse[(sl.q0 + r0 + i) * shape.q_heads + h];
+            if (valid == 0) {  // sees no key: O = 0 (P row 0), LSE = -inf
+              std::fill(row, row + cols, 0.0f);
+              lse = -INFINITY;
+              continue;
+            }
             float m = -INFINITY;
 #pragma omp simd reduction(max : m)
             for (int j = 0; j < valid; ++j) m = std::max(m, row[j]);
@@ -114,58 +137,65 @@ class ReferenceAttention final : public CoreAttention {
 #pragma omp simd
             for (int j = 0; j < valid; ++j) row[j] *= inv;
             std::fill(row + valid, row + cols, 0.0f);
-            lse[(sl.t0 + r0 + i) * shape.q_heads + h] = static_cast<float>(static_cast<double>(m) + std::log(sum));
+            lse = static_cast<float>(static_cast<double>(m) + std::log(sum));
+          }
+          float* Ob = Oh + int64_t{r0} * sl.ldq;
+          if (cols == 0) {
+            for (int i = 0; i < rows; ++i) std::fill(Ob + int64_t{i} * sl.ldq, Ob + int64_t{i} * sl.ldq + sl.D, 0.0f);
+            continue;
           }
           // O[r0:r0+rows] = P[rows, cols] V[0:cols]
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, sl.D, cols, 1.0f, S, cols, Vg, sl.ldk, 0.0f,
-                      Oh + int64_t{r0} * sl.ldq, sl.ldq);
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, sl.D, cols, 1.0f, S, cols, Vg, sl.ldk, 0.0f, Ob,
+                      sl.ldq);
         }
       }
     }
+    return completed_attention();
   }
 
-  void backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v,
-                const float* o, const float* lse, const AttentionShape& shape,
-                const SequenceLayout& layout) override {
-    const std::vector<Task> tasks = plan_tasks(shape, layout, "attention backward");
-    if (tasks.empty()) return;
-    CADTRAIN_CHECK(dq && dk && dv && dout && q && k && v && o && lse,
+  std::unique_ptr<AttentionHandle> backward(int /*layer*/, AttentionPlan& plan_base, size_t part,
+                                            AttentionHandle& /*forward*/, const AttentionIO& io,
+                                            const AttentionGrads& grads) override {
+    const LocalAttentionPlan& plan = local_plan(plan_base, part, "attention backward");
+    const std::vector<Item> items = plan_items(plan, part, "attention backward");
+    if (items.empty()) return completed_attention();
+    CADTRAIN_CHECK(grads.dq && grads.dk && grads.dv && grads.dout && io.q && io.k && io.v && io.o && io.lse,
                    "attention backward: dq, dk, dv, dout, q, k, v, o and lse must all be non-null");
+    const AttentionShape& shape = plan.shape;
     const int64_t group = shape.q_heads / shape.kv_heads;
     const float scale = shape.softmax_scale;
-    // One task owns dK, dV of its kv head in its sequence and sums them over the group's query
-    // heads: no two threads write the same rows.
+    // One item owns dK, dV of its kv head in its task's key rows (tasks of a part share no key
+    // rows) and sums them over the group's query heads: no two threads write the same rows.
 #pragma omp parallel for schedule(dynamic, 1) num_threads(blas_caller_threads())
-    for (size_t ti = 0; ti < tasks.size(); ++ti) {
-      const Task& task = tasks[ti];
-      const Slices sl = slices_of(shape, layout, task.seq);
-      const size_t block_elems = static_cast<size_t>(std::min(kRowBlock, sl.T)) * sl.T;
+    for (size_t it = 0; it < items.size(); ++it) {
+      const Item& item = items[it];
+      const Slices sl = slices_of(shape, plan.tasks[part][item.task]);
+      const size_t block_elems = static_cast<size_t>(std::min(kRowBlock, sl.nq)) * std::max(sl.nk, 1);
       float* S = scratch(t_scores, block_elems);
       float* dP = scratch(t_dprobs, block_elems);
-      const float* Kg = k + sl.t0 * sl.ldk + task.kv_head * sl.D;
-      const float* Vg = v + sl.t0 * sl.ldk + task.kv_head * sl.D;
-      float* dKg = dk + sl.t0 * sl.ldk + task.kv_head * sl.D;
-      float* dVg = dv + sl.t0 * sl.ldk + task.kv_head * sl.D;
-      for (int t = 0; t < sl.T; ++t) {
-        std::memset(dKg + int64_t{t} * sl.ldk, 0, sizeof(float) * sl.D);
-        std::memset(dVg + int64_t{t} * sl.ldk, 0, sizeof(float) * sl.D);
-      }
-      for (int64_t h = task.kv_head * group; h < (task.kv_head + 1) * group; ++h) {
-        const int64_t head_off = sl.t0 * sl.ldq + h * sl.D;
-        const float* Qh = q + head_off;
-        const float* Oh = o + head_off;
-        const float* dOh = dout + head_off;
-        float* dQh = dq + head_off;
-        for (int r0 = 0; r0 < sl.T; r0 += kRowBlock) {
-          const int rows = std::min(kRowBlock, sl.T - r0), cols = r0 + rows;
+      const float* Kg = io.k + sl.k0 * sl.ldk + item.kv_head * sl.D;
+      const float* Vg = io.v + sl.k0 * sl.ldk + item.kv_head * sl.D;
+      float* dKg = grads.dk + sl.k0 * sl.ldk + item.kv_head * sl.D;
+      float* dVg = grads.dv + sl.k0 * sl.ldk + item.kv_head * sl.D;
+      for (int64_t h = item.kv_head * group; h < (item.kv_head + 1) * group; ++h) {
+        const float* Qh = io.q + sl.q0 * sl.ldq + h * sl.D;
+        const float* Oh = io.o + sl.q0 * sl.ldq + h * sl.D;
+        const float* dOh = grads.dout + sl.q0 * sl.ldq + h * sl.D;
+        float* dQh = grads.dq + sl.q0 * sl.ldq + h * sl.D;
+        for (int r0 = 0; r0 < sl.nq; r0 += kRowBlock) {
+          const int rows = std::min(kRowBlock, sl.nq - r0), cols = sl.visible(r0 + rows - 1);
           const int64_t blk = int64_t{r0} * sl.ldq;
+          if (cols == 0) {  // no row of the block sees a key: dQ = 0, nothing for dK, dV
+            for (int i = 0; i < rows; ++i) std::fill(dQh + blk + int64_t{i} * sl.ldq, dQh + blk + int64_t{i} * sl.ldq + sl.D, 0.0f);
+            continue;
+          }
           // Recompute P = exp(scale * Q K^T - lse) from the forward's lse.
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, sl.D, scale, Qh + blk, sl.ldq, Kg, sl.ldk,
                       0.0f, S, cols);
           for (int i = 0; i < rows; ++i) {
             float* row = S + int64_t{i} * cols;
-            const int valid = r0 + i + 1;
-            const float l = lse[(sl.t0 + r0 + i) * shape.q_heads + h];
+            const int valid = sl.visible(r0 + i);
+            const float l = io.lse[(sl.q0 + r0 + i) * shape.q_heads + h];
 #pragma omp simd
             for (int j = 0; j < valid; ++j) row[j] = fast_exp(row[j] - l);
             std::fill(row + valid, row + cols, 0.0f);
@@ -186,7 +216,7 @@ class ReferenceAttention final : public CoreAttention {
 #pragma omp simd reduction(+ : di)
             for (int d = 0; d < sl.D; ++d) di += static_cast<double>(do_i[d]) * o_i[d];
             const auto df = static_cast<float>(di);
-            const int valid = r0 + i + 1;
+            const int valid = sl.visible(r0 + i);
 #pragma omp simd
             for (int j = 0; j < valid; ++j) row[j] *= dprow[j] - df;
           }
@@ -199,6 +229,7 @@ class ReferenceAttention final : public CoreAttention {
         }
       }
     }
+    return completed_attention();
   }
 };
 

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "kernels/core_attention.h"
+#include "kernels/local_attention_plan.h"
 #include "kernels/cpu/cpu_math.h"
 #include "kernels/cpu/cpu_util.h"
 #include "kernels/cpu/tile_gemm.h"
@@ -45,32 +46,20 @@ int64_t query_block(int64_t group) { return std::clamp<int64_t>(512 / group, 32,
 // Threads of the parallel loops (tile_gemm keeps no per-call state beyond thread_local buffers).
 int worker_threads() { return omp_get_max_threads(); }
 
-// sum over x in [x0, x1) of clamp(c + x, 0, cap), in closed form.
-int64_t sum_clamped(int64_t x0, int64_t x1, int64_t c, int64_t cap) {
-  if (x1 <= x0 || cap <= 0) return 0;
-  const int64_t z = std::clamp<int64_t>(1 - c, x0, x1);    // x < z: c + x <= 0
-  const int64_t f = std::clamp<int64_t>(cap - c, z, x1);   // x >= f: c + x >= cap
-  const int64_t n = f - z;
-  return n * c + (z + f - 1) * n / 2 + (x1 - f) * cap;
-}
-
-// Task-local geometry: query row r (0-based in the task) sees key rows [0, visible(r)).
+// Task-local geometry: query row r (0-based in the task) sees key rows [0, visible(r));
+// the arithmetic is the contract's (kernels/attention_task_math.h).
 struct Geom {
   int64_t nq = 0, nk = 0, off = 0;  // off = q_pos0 - k_pos0
   bool causal = true;
   explicit Geom(const AttentionTask& t)
       : nq(t.q1 - t.q0), nk(t.k1 - t.k0), off(t.q_pos0 - t.k_pos0), causal(t.causal) {}
-  int64_t visible(int64_t r) const { return causal ? std::clamp<int64_t>(off + r + 1, 0, nk) : nk; }
+  int64_t visible(int64_t r) const { return task_math::visible_keys(r, off, nk, causal); }
   // First query row that sees key row j (nq when none).
-  int64_t first_row(int64_t j) const { return causal ? std::clamp<int64_t>(j - off, 0, nq) : 0; }
+  int64_t first_row(int64_t j) const { return task_math::first_row_seeing(j, off, nq, causal); }
   // Pairs of query rows [r0, r1) with all keys.
-  int64_t pairs_rows(int64_t r0, int64_t r1) const {
-    return causal ? sum_clamped(r0, r1, off + 1, nk) : (r1 - r0) * nk;
-  }
-  // Pairs of key rows [j0, j1) with all query rows: key j is seen by clamp(nq + off - j, 0, nq).
-  int64_t pairs_keys(int64_t j0, int64_t j1) const {
-    return causal ? sum_clamped(1 - j1, 1 - j0, nq + off, nq) : (j1 - j0) * nq;
-  }
+  int64_t pairs_rows(int64_t r0, int64_t r1) const { return task_math::pairs_of_rows(r0, r1, off, nk, causal); }
+  // Pairs of key rows [j0, j1) with all query rows.
+  int64_t pairs_keys(int64_t j0, int64_t j1) const { return task_math::pairs_of_keys(j0, j1, off, nq, causal); }
 };
 
 void check_dims(const AttentionDims& dims, const char* op) {
@@ -468,12 +457,6 @@ void backward_single_pass(float* dq, float* dk, float* dv, const float* dout, co
 
 }  // namespace
 
-uint64_t task_pairs(const AttentionTask& task) {
-  if (task.q1 <= task.q0 || task.k1 <= task.k0) return 0;
-  const Geom geo(task);
-  return static_cast<uint64_t>(geo.pairs_rows(0, geo.nq));
-}
-
 void merge_attention_partials(float* o_a, float* lse_a, const float* o_b, const float* lse_b, int64_t rows,
                               int64_t heads, int64_t head_dim) {
   const char* op = "merge_attention_partials";
@@ -494,13 +477,11 @@ void merge_attention_partials(float* o_a, float* lse_a, const float* o_b, const 
       lse_a[p] = lb;
       continue;
     }
-    // lse = max + log1p(e^(min - max)); weights e^(l - lse) <= 1.
-    const double mx = std::max(la, lb), mn = std::min(la, lb);
-    const double lse = mx + std::log1p(std::exp(mn - mx));
-    const auto wa = static_cast<float>(std::exp(la - lse)), wb = static_cast<float>(std::exp(lb - lse));
+    const task_math::MergeWeights w = task_math::merge_weights(la, lb);
+    const float wa = w.wa, wb = w.wb;
 #pragma omp simd
     for (int64_t e = 0; e < head_dim; ++e) oa[e] = wa * oa[e] + wb * ob[e];
-    lse_a[p] = static_cast<float>(lse);
+    lse_a[p] = w.lse;
   }
 }
 
@@ -727,43 +708,29 @@ namespace cadtrain::kernels {
 
 namespace {
 
-// CoreAttention on the task kernels: one causal task per non-empty sequence, positions 0..T-1.
+// CoreAttention on the task kernels: each part's tasks come from the plan (sequence_tasks);
+// runs at once.
 class TaskAttention final : public CoreAttention {
  public:
-  void forward(float* o, float* lse, const float* q, const float* k, const float* v, const AttentionShape& shape,
-               const SequenceLayout& layout) override {
-    const std::vector<AttentionTask> tasks = plan(shape, layout, "task attention forward");
-    attention_forward_tasks(o, lse, q, k, v, tasks, dims_of(shape));
+  std::unique_ptr<AttentionPlan> prepare(const AttentionShape& shape, const SequenceLayout& layout,
+                                         std::span<const RowRange> parts) override {
+    return make_local_plan(shape, layout, parts, "task attention prepare");
   }
 
-  void backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v,
-                const float* o, const float* lse, const AttentionShape& shape,
-                const SequenceLayout& layout) override {
-    const std::vector<AttentionTask> tasks = plan(shape, layout, "task attention backward");
-    if (tasks.empty()) return;
-    CADTRAIN_CHECK(dk && dv, "task attention backward: dk and dv must be non-null");
-    // dK and dV are accumulated by the task kernel: zero them first (every row is a task row).
-    const size_t kv_elems = static_cast<size_t>(shape.n * shape.kv_heads * shape.head_dim);
-    cpu::parallel_blocks(kv_elems, [&](size_t b, size_t e) {
-      std::fill(dk + b, dk + e, 0.0f);
-      std::fill(dv + b, dv + e, 0.0f);
-    });
-    attention_backward_tasks(dq, dk, dv, dout, q, k, v, o, lse, tasks, dims_of(shape));
+  std::unique_ptr<AttentionHandle> forward(int /*layer*/, AttentionPlan& plan, size_t part,
+                                           const AttentionIO& io) override {
+    const LocalAttentionPlan& p = local_plan(plan, part, "task attention forward");
+    attention_forward_tasks(io.o, io.lse, io.q, io.k, io.v, p.tasks[part], dims_of(p.shape));
+    return completed_attention();
   }
 
- private:
-  static AttentionDims dims_of(const AttentionShape& s) { return {s.q_heads, s.kv_heads, s.head_dim, s.softmax_scale}; }
-
-  static std::vector<AttentionTask> plan(const AttentionShape& shape, const SequenceLayout& layout, const char* op) {
-    CADTRAIN_CHECK(shape.n >= 0, "{}: n = {} is negative", op, shape.n);
-    const int64_t tokens = cpu::check_cu_seqlens(layout.cu_seqlens, layout.n_seqs, op);
-    CADTRAIN_CHECK(tokens == shape.n, "{}: the sequences cover {} tokens but n = {}", op, tokens, shape.n);
-    std::vector<AttentionTask> tasks;
-    for (int64_t s = 0; s < layout.n_seqs; ++s) {
-      const int64_t t0 = layout.cu_seqlens[s], t1 = layout.cu_seqlens[s + 1];
-      if (t1 > t0) tasks.push_back({t0, t1, t0, t1, 0, 0, true});
-    }
-    return tasks;
+  std::unique_ptr<AttentionHandle> backward(int /*layer*/, AttentionPlan& plan, size_t part,
+                                            AttentionHandle& /*forward*/, const AttentionIO& io,
+                                            const AttentionGrads& grads) override {
+    const LocalAttentionPlan& p = local_plan(plan, part, "task attention backward");
+    attention_backward_tasks(grads.dq, grads.dk, grads.dv, grads.dout, io.q, io.k, io.v, io.o, io.lse, p.tasks[part],
+                             dims_of(p.shape));
+    return completed_attention();
   }
 };
 

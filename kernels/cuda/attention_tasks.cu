@@ -15,6 +15,8 @@
 //   heads of a GQA group sum there).
 #include "kernels/cuda/attention_tasks_cuda.h"
 
+#include "kernels/attention_task_math.h"  // visible keys, first row seeing a key: the shared contract
+
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -104,22 +106,16 @@ void check_aligned(const void* p, const char* name) {
   if (reinterpret_cast<uintptr_t>(p) % 16 != 0) fail("CUDA attention: {} is not 16-byte aligned", name);
 }
 
-// Last key row (exclusive) that any of query rows [r0, r1) of task t can see.
+// Last key row (exclusive) that any of query rows [r0, r1) of task t can see (the contract's
+// arithmetic, kernels/attention_task_math.h).
 __host__ __device__ inline int64_t visible_key_end(const DeviceAttentionTask& t, int64_t r0, int64_t r1) {
   if (r1 <= r0) return t.k0;
-  if (!t.causal) return t.k1;
-  const int64_t last_pos = t.q_pos0 + (r1 - 1 - t.q0);
-  int64_t n = last_pos - t.k_pos0 + 1;
-  n = n < 0 ? 0 : (n > t.k1 - t.k0 ? t.k1 - t.k0 : n);
-  return t.k0 + n;
+  return t.k0 + kernels::task_math::visible_keys(r1 - 1 - t.q0, t.q_pos0 - t.k_pos0, t.k1 - t.k0, t.causal != 0);
 }
 
 // First query row of task t that can see key row `krow`.
 __device__ inline int64_t first_query_seeing(const DeviceAttentionTask& t, int64_t krow) {
-  if (!t.causal) return t.q0;
-  int64_t n = t.k_pos0 + (krow - t.k0) - t.q_pos0;
-  n = n < 0 ? 0 : (n > t.q1 - t.q0 ? t.q1 - t.q0 : n);
-  return t.q0 + n;
+  return t.q0 + kernels::task_math::first_row_seeing(krow - t.k0, t.q_pos0 - t.k_pos0, t.q1 - t.q0, t.causal != 0);
 }
 
 // Sum over the four lanes of a row (every lane gets the same value, bit for bit).
