@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   cadtrain::cli::register_eval_commands(app);
   cadtrain::cli::register_data_commands(app);
   cadtrain::cli::register_config_commands(app);
+  cadtrain::cli::register_calibrate_command(app);
   try {
     app.parse(argc, argv);  // subcommand callbacks run inside parse()
   } catch (const CLI::ParseError& e) {

@@ -37,6 +37,7 @@ void RunLog::step(const StepMetrics& m) {
                       {"cut_tokens", m.cut_tokens},
                       {"tokens_per_s", m.tokens_per_second},
                       {"mfu", m.mfu},
+                      {"mfu_vs_sgemm_now", m.mfu_vs_sgemm_now},
                       {"skipped", m.skipped},
                       {"time_ms",
                        {{"data", m.data * 1e3},

@@ -20,6 +20,7 @@
 #include "kernels/sgemm_peak.h"
 #include "trainer/batch.h"
 #include "trainer/optimizer.h"
+#include "trainer/machine_peak.h"
 #include "trainer/run_log.h"
 #include "trainer/session.h"
 
@@ -131,7 +132,10 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   }
 
   const ModelDims& dims = model.dims();
-  const double peak_gflops = kernels::measure_sgemm_gflops();
+  // MFU's denominator: the machine's calibrated sgemm peak, not this start-up's measurement alone.
+  const double sgemm_now = kernels::measure_sgemm_gflops();
+  PeakCalibration peak = calibrate_peak(default_peak_cache_path(), this_machine_key(omp_get_max_threads()), sgemm_now,
+                                        false);
   std::optional<RunLog> log;  // the writer's only
   if (writer) log.emplace(run_dir + "/" + cfg.logging().metrics_file(), !resume_from.empty(), cfg.logging().log_every());
   const uint64_t tokens_step = tokens_mb * cfg.data().grad_accumulation();
@@ -150,8 +154,13 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
                                         train_ds.num_tokens())},
              {"threads", fmt::format("{} (OMP_WAIT_POLICY {})", omp_get_max_threads(),
                                      std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "unset: spinning")},
-             {"sgemm peak (measured)", fmt::format("{:.1f} GFLOP/s", peak_gflops)},
+             {"MFU denominator", fmt::format("{:.1f} GFLOP/s: best sgemm of {} start-up measurements on this machine "
+                                             "at {} threads (`cadtrain calibrate` re-measures)",
+                                             peak.gflops, peak.measurements, omp_get_max_threads())},
+             {"sgemm now (measured)", fmt::format("{:.1f} GFLOP/s (metrics.jsonl: mfu_vs_sgemm_now)", sgemm_now)},
              {"steps", fmt::format("{} -> {}", step, cfg.schedule().total_steps())}});
+  if (log && !peak.note.empty()) log->note("note: " + peak.note);
+  if (const std::string w = startup_load_warning(sgemm_now, peak.gflops); log && !w.empty()) log->note("warning: " + w);
 
   TrainResult result;
   const auto evaluate_now = [&](uint64_t at) {
@@ -222,7 +231,14 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     m.capacity = tokens_step;
     m.cut_tokens = batches.cut_tokens;
     m.tokens_per_second = static_cast<double>(batches.tokens) / m.seconds;
-    m.mfu = training_flops(dims, batches.tokens, batches.pairs) / m.seconds / (peak_gflops * 1e9);
+    const double flops_per_second = training_flops(dims, batches.tokens, batches.pairs) / m.seconds;
+    const double peak_before = peak.gflops;
+    m.mfu = mfu_against(flops_per_second, &peak);
+    m.mfu_vs_sgemm_now = flops_per_second / (sgemm_now * 1e9);
+    if (log && peak.gflops > peak_before) {
+      log->note(fmt::format("step {} ran at {:.1f} GFLOP/s, above the calibrated peak: MFU denominator raised to it",
+                            step, peak.gflops));
+    }
     if (log) log->step(m);
     if (first) result.first_loss = m.loss;
     first = false;
