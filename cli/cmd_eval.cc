@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "cli/commands.h"
+#include "common/error.h"
 #include "data/dataset.h"
 #include "data/tokenizer.h"
 #include "trainer/evaluate.h"
@@ -29,10 +30,15 @@ struct SampleOptions {
 };
 
 void run_eval(const EvalOptions& o) {
+  if (o.batches == 0) fail("--batches 0 scores nothing; give at least 1");
   trainer::LoadedModel m = trainer::load_model(o.checkpoint, 0, o.sets);
   const std::string path = o.data.empty() ? m.cfg.data().eval_path() : o.data;
   const data::Dataset ds = data::Dataset::open(path);
   const trainer::EvalResult r = trainer::evaluate(*m.session.model, ds, m.cfg.data().tokens_per_micro_batch(), o.batches);
+  if (r.tokens == 0) {
+    fail("{}: no token to score ({} documents, {} tokens; a token is scored when its document has a next one)",
+         path, ds.num_docs(), ds.num_tokens());
+  }
   // The same definition and digits as train's final "eval loss" (trainer/evaluate.h).
   fmt::print("{} (step {}) on {}: loss {:.6g} | perplexity {:.6g} | {} tokens ({})", m.path, m.step, path, r.loss,
              r.perplexity, r.tokens, trainer::eval_scope(r));
@@ -50,7 +56,9 @@ void run_sample(const SampleOptions& o) {
   const std::string ds_path = o.tokenizer_dataset.empty() ? m.cfg.data().train_path() : o.tokenizer_dataset;
   const auto tokenizer = data::tokenizer_for(data::Dataset::open(ds_path));
   const std::vector<uint32_t> prompt = tokenizer->encode(o.prompt);
-  const auto out = trainer::generate(*m.session.model, prompt, o.tokens, o.sampling);
+  trainer::SamplingOptions sampling = o.sampling;
+  sampling.max_tokens = m.cfg.model().max_seq_len();
+  const auto out = trainer::generate(*m.session.model, prompt, o.tokens, sampling);
   fmt::print("{}{}\n", o.prompt, tokenizer->decode(out));
 }
 

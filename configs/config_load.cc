@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -16,6 +17,8 @@
 
 namespace cadtrain::config {
 namespace {
+
+constexpr uintmax_t kMaxConfigBytes = uintmax_t{16} << 20;
 
 using google::protobuf::FieldDescriptor;
 using google::protobuf::TextFormat;
@@ -99,6 +102,17 @@ RunConfig parse_run_config(const std::string& text, const std::string& source,
 }
 
 RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides) {
+  // Checked before opening: reading a directory yields an empty config, a FIFO blocks, and
+  // /dev/zero never ends.
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (status.type() == std::filesystem::file_type::not_found) fail("cannot open config file {}: no such file", path);
+  if (ec) fail("cannot open config file {}: {}", path, ec.message());
+  if (std::filesystem::is_directory(status)) fail("config file {} is a directory", path);
+  if (!std::filesystem::is_regular_file(status)) fail("config file {} is not a regular file (a FIFO or device?)", path);
+  if (const auto size = std::filesystem::file_size(path, ec); !ec && size > kMaxConfigBytes) {
+    fail("config file {} is {} bytes; a run config is text of at most {} bytes", path, size, kMaxConfigBytes);
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("cannot open config file {}: {}", path, std::strerror(errno));
   std::stringstream buffer;

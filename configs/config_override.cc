@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -102,12 +103,21 @@ void apply_override(RunConfig& cfg, const std::string& assignment) {
     google::protobuf::TextFormat::Parser parser;
     CollectingErrors errors;
     parser.RecordErrorsTo(&errors);
-    if (!parser.MergeFromString(fmt::format("{}: {}", leaf->name(), text_value(leaf, value)), msg)) {
+    // Parsed into a scratch message first: a value such as "3 n_heads: 8" would set a second field.
+    std::unique_ptr<Message> parsed(msg->New());
+    if (!parser.MergeFromString(fmt::format("{}: {}", leaf->name(), text_value(leaf, value)), parsed.get())) {
       std::string message = fmt::format("cannot set {}", leaf->full_name());
       // The parser's line:column refer to our one-line snippet, so keep only its words.
       for (const auto& e : errors.errors()) message += ": " + e.substr(e.find(' ') + 1);
       fail("{}", message);
     }
+    std::vector<const FieldDescriptor*> set;
+    parsed->GetReflection()->ListFields(*parsed, &set);
+    if (set.size() > 1 || (set.size() == 1 && set.front() != leaf) || (set.empty() && !leaf->is_repeated())) {
+      fail("the value sets more than {} (one --set sets one field; give each field its own --set)",
+           leaf->full_name());
+    }
+    msg->MergeFrom(*parsed);
   });
 }
 

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -152,9 +153,20 @@ void check_parallel(const RunConfig& cfg, std::vector<Problem>& problems) {
   }
 }
 
+// A relative path that cannot leave the directory it is joined to.
+bool stays_inside(const std::string& relative) {
+  const std::filesystem::path p(relative);
+  if (p.is_absolute() || !p.has_filename() || relative.find('\0') != std::string::npos) return false;
+  for (const auto& part : p) {
+    if (part == "..") return false;
+  }
+  return true;
+}
+
 void check_run(const RunConfig& cfg, std::vector<Problem>& problems) {
-  if (cfg.name().empty() || cfg.name().find('/') != std::string::npos) {
-    problems.push_back({"name", fmt::format("name \"{}\" must be non-empty and contain no '/'", cfg.name())});
+  if (cfg.name().empty() || cfg.name().find('/') != std::string::npos || cfg.name() == "." || cfg.name() == "..") {
+    problems.push_back(
+        {"name", fmt::format("name \"{}\" must be non-empty and contain no '/' (nor be . or ..)", cfg.name())});
   }
   if (cfg.schedule().warmup_steps() > cfg.schedule().total_steps()) {
     problems.push_back({"schedule.warmup_steps",
@@ -166,6 +178,11 @@ void check_run(const RunConfig& cfg, std::vector<Problem>& problems) {
   }
   if (cfg.logging().metrics_file().empty()) {
     problems.push_back({"logging.metrics_file", "logging.metrics_file must not be empty"});
+  } else if (!stays_inside(cfg.logging().metrics_file())) {
+    problems.push_back({"logging.metrics_file",
+                        fmt::format("logging.metrics_file \"{}\" must be a file name inside the run directory (a "
+                                    "relative path without '..')",
+                                    cfg.logging().metrics_file())});
   }
 }
 

@@ -13,6 +13,7 @@
 #include "common/error.h"       // cadtrain::Error, fail(), with_context()
 #include "data/dataset.h"       // the public interface implemented here
 #include "common/hdf5_handles.h"  // handles, library lock, HDF5 error messages
+#include "common/hdf5_storage.h"  // check_fully_written: unwritten chunks, sizes beyond the file
 
 namespace cadtrain::data {
 namespace {
@@ -50,6 +51,7 @@ h5::File open_file(const std::string& path) {
   if (status.type() == fs::file_type::not_found) fail("no such file");
   if (ec) fail("cannot access: {}", ec.message());
   if (status.type() == fs::file_type::directory) fail("is a directory, not an HDF5 file");
+  if (status.type() != fs::file_type::regular) fail("not a regular file (a FIFO or device?)");
   if (h5::check(H5Fis_hdf5(path.c_str()), "cannot read file") == 0) {
     fail("not an HDF5 file (no HDF5 signature)");
   }
@@ -149,10 +151,17 @@ void read_slab(const h5::Dataset& column, const char* name, hid_t mem_type, uint
             fmt::format("{}: cannot read [{}, {})", name, begin, end));
 }
 
+// Callers have checked the column against the file's storage, so `length` is backed by bytes on
+// disk; a compressed column can still claim more than memory holds, which is named here.
 template <typename T>
 std::vector<T> read_column(const h5::Dataset& column, const char* name, hid_t mem_type,
                            hsize_t length) {
-  std::vector<T> values(length);
+  std::vector<T> values;
+  try {
+    values.resize(length);
+  } catch (const std::exception&) {  // std::bad_alloc or std::length_error
+    fail("{} has {} entries, more than fit in memory", name, length);
+  }
   read_slab(column, name, mem_type, 0, length, values.data());
   return values;
 }
@@ -198,6 +207,7 @@ void check_range(uint64_t begin, uint64_t end, uint64_t size, const char* name) 
 
 struct Dataset::Impl {
   std::string path;
+  uint64_t file_bytes = 0;
   h5::File file;  // declared first so that it is closed after the columns
   h5::Dataset tokens;
   h5::Dataset answer_mask;  // invalid when the file has none
@@ -247,13 +257,16 @@ void Dataset::Impl::load_columns() {
   hsize_t n_offsets = 0;
   tokens = require_column(id, h5::kTokens, "uint32", &n_tokens);
   num_tokens = n_tokens;
+  h5::check_fully_written(tokens.get(), h5::kTokens, num_tokens, sizeof(uint32_t), file_bytes);
   auto offsets_column = require_column(id, h5::kDocOffsets, "uint64", &n_offsets);
+  h5::check_fully_written(offsets_column.get(), h5::kDocOffsets, n_offsets, sizeof(uint64_t), file_bytes);
   offsets = read_column<uint64_t>(offsets_column, h5::kDocOffsets, H5T_NATIVE_UINT64, n_offsets);
   validate_offsets(offsets, num_tokens);
 
   hsize_t n_difficulty = 0;
   auto difficulty_column = open_column(id, h5::kDifficulty, "float32", &n_difficulty);
   if (difficulty_column.valid()) {
+    h5::check_fully_written(difficulty_column.get(), h5::kDifficulty, n_difficulty, sizeof(float), file_bytes);
     difficulty =
         read_column<float>(difficulty_column, h5::kDifficulty, H5T_NATIVE_FLOAT, n_difficulty);
     validate_difficulty(difficulty, num_docs());
@@ -263,6 +276,9 @@ void Dataset::Impl::load_columns() {
   if (answer_mask.valid() && n_mask != num_tokens) {
     fail("{} has {} entries, expected n_tokens = {}", h5::kAnswerMask, n_mask, num_tokens);
   }
+  if (answer_mask.valid()) {
+    h5::check_fully_written(answer_mask.get(), h5::kAnswerMask, n_mask, sizeof(uint8_t), file_bytes);
+  }
 }
 
 Dataset Dataset::open(const std::string& path) {
@@ -271,6 +287,9 @@ Dataset Dataset::open(const std::string& path) {
     auto impl = std::make_unique<Impl>();
     impl->path = path;
     impl->file = open_file(path);
+    std::error_code ec;
+    impl->file_bytes = fs::file_size(path, ec);
+    if (ec) fail("cannot get the file size: {}", ec.message());
     impl->load_attributes();
     impl->load_columns();
     return Dataset(std::move(impl));

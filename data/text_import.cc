@@ -64,6 +64,11 @@ std::vector<fs::path> collect_inputs(const TextImportOptions& options) {
   for (const std::string& input : options.inputs) {
     if (!fs::exists(input)) fail("{}: no such file or directory", input);
     if (!fs::is_directory(input)) {
+      if (!fs::is_regular_file(input)) fail("{}: not a regular file or directory (a FIFO or device?)", input);
+      if (excluded.contains(fs::weakly_canonical(input))) {
+        fail("{}: is an input and also a file this import writes (-o {}); choose another output", input,
+             options.output);
+      }
       files.emplace_back(input);
       continue;
     }

@@ -8,5 +8,12 @@ cd "$(dirname "$0")/.."
 # quiet machine passive waiting measured no slower (bench/RESULTS.md).
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 launch/build.sh build
+# `train` never starts over an earlier run's checkpoints: a rerun first moves the previous run
+# aside (kept, not deleted).
+if compgen -G "runs/tiny/checkpoints/step_*.h5" >/dev/null; then
+  previous="runs/tiny.$(date +%Y%m%d_%H%M%S)"
+  mv runs/tiny "$previous"
+  echo "default job: moved the previous run to $previous"
+fi
 build/cadtrain train --config configs/tiny_cpu.pbtxt
 build/cadtrain sample runs/tiny --prompt "The code word QXZT is 4821. the old farmer visits the quiet forest. Recall: QXZT is " --tokens 40

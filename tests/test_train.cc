@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <memory>
+#include <span>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -13,8 +15,10 @@
 #include "common/error.h"
 #include "configs/config.h"
 #include "data/dataset.h"
+#include "kernels/backend.h"
 #include "trainer/checkpoint.h"
 #include "trainer/optimizer.h"
+#include "trainer/parameters.h"
 #include "trainer/session.h"
 #include "trainer/evaluate.h"
 #include "trainer/train_loop.h"
@@ -205,4 +209,69 @@ TEST_F(TrainTest, StepMetricsReportFillAndCutTokens) {
     cut += line["cut_tokens"].get<uint64_t>();
   }
   EXPECT_GT(cut, 0u);
+namespace {
+
+// A group of two ranks whose other rank holds exactly this rank's data: sums double, and the
+// gradient "all-reduce" doubles each announced group. Training must then reproduce the
+// single-process run bit for bit (the loss normaliser counts both ranks' tokens, so the scaled
+// gradients are halved and the reduction doubles them back; powers of two are exact).
+class TwinGroup final : public trainer::TrainGroup {
+ public:
+  explicit TwinGroup(bool writer) : writer_(writer) {}
+  uint32_t data_rank() const override { return 0; }
+  uint32_t data_ranks() const override { return 1; }
+  bool is_writer() const override { return writer_; }
+  void sum_over_batch(std::span<double> values) override {
+    ++sums;
+    for (double& v : values) v *= 2;
+  }
+  std::unique_ptr<trainer::GradientSync> make_gradient_sync(trainer::ParameterSet& params,
+                                                            kernels::Backend& backend) override {
+    return std::make_unique<Sync>(params, backend, *this);
+  }
+  int sums = 0, groups = 0, finishes = 0;
+
+ private:
+  struct Sync final : trainer::GradientSync {
+    Sync(trainer::ParameterSet& p, kernels::Backend& b, TwinGroup& g) : params(p), backend(b), group(g) {}
+    void grads_ready(const trainer::GradGroup& g) override {
+      ++group.groups;
+      backend.scale(params.grads() + g.offset, 2.0f, g.count);
+    }
+    void finish_step() override { ++group.finishes; }
+    trainer::ParameterSet& params;
+    kernels::Backend& backend;
+    TwinGroup& group;
+  };
+  bool writer_;
+};
+
+}  // namespace
+
+TEST_F(TrainTest, TrainGroupNormalisesByTheGlobalBatchAndOnlyTheWriterWrites) {
+  const auto single = small_config("single", {"schedule.total_steps=4", "checkpoint.every_steps=0"});
+  const trainer::TrainResult a = trainer::train(single, "test", "");
+  TwinGroup twin(true);
+  const auto twin_cfg = small_config("twin", {"schedule.total_steps=4", "checkpoint.every_steps=0"});
+  const trainer::TrainResult b = trainer::train(twin_cfg, "test", "", twin);
+  EXPECT_EQ(twin.finishes, 4);
+  EXPECT_EQ(twin.sums, 8);  // the weight and the loss of each step
+  EXPECT_EQ(twin.groups, 4 * (2 + 2));  // per step: head, 2 layers, embedding
+  EXPECT_EQ(a.first_loss, b.first_loss);
+  EXPECT_EQ(a.last_loss, b.last_loss);
+  const auto la = step_lines(dir_ / "single" / "metrics.jsonl");
+  const auto lb = step_lines(dir_ / "twin" / "metrics.jsonl");
+  ASSERT_EQ(la.size(), lb.size());
+  for (size_t i = 0; i < la.size(); ++i) {
+    EXPECT_EQ(la[i]["loss"], lb[i]["loss"]) << "step " << i + 1;
+    EXPECT_EQ(la[i]["grad_norm"], lb[i]["grad_norm"]) << "step " << i + 1;
+  }
+  // A rank that is not the writer trains the same steps but writes no run directory, metrics or
+  // checkpoint.
+  TwinGroup reader(false);
+  const trainer::TrainResult c =
+      trainer::train(small_config("reader", {"schedule.total_steps=3", "checkpoint.every_steps=1"}), "test", "", reader);
+  EXPECT_EQ(c.steps, 3u);
+  EXPECT_TRUE(c.checkpoint.empty());
+  EXPECT_FALSE(fs::exists(dir_ / "reader"));
 }

@@ -16,9 +16,11 @@
 #include <utility>       // std::pair
 #include <vector>        // tensor lists, shapes
 
+#include "common/checksum.h"      // Crc64 over the metadata
 #include "common/durable_file.h"  // publish_file, errno_text
 #include "common/error.h"         // cadtrain::Error, fail(), with_context()
 #include "common/hdf5_handles.h"  // handles, library lock, HDF5 error messages
+#include "common/hdf5_storage.h"  // check_fully_written: no unwritten chunks read as fill values
 
 namespace cadtrain::trainer {
 namespace {
@@ -26,7 +28,9 @@ namespace {
 namespace fs = std::filesystem;
 using Group = h5::Handle<H5Gclose>;
 
-constexpr uint32_t kFormatVersion = 1;
+// 2 added run_id and metadata_crc64; version 1 files are read without them.
+constexpr uint32_t kFormatVersion = 2;
+constexpr uint32_t kOldestReadableVersion = 1;
 
 constexpr const char* kParams = "params";
 constexpr const char* kAdamM = "adam_m";
@@ -38,6 +42,8 @@ constexpr const char* kDataEpoch = "data_epoch";
 constexpr const char* kDataDocCursor = "data_doc_cursor";
 constexpr const char* kDataBatchInWindow = "data_batch_in_window";
 constexpr const char* kDataMicroBatches = "data_micro_batches";
+constexpr const char* kRunId = "run_id";
+constexpr const char* kMetadataCrc = "metadata_crc64";
 
 // 4 Mi floats (16 MiB) per chunk: large enough for full-speed I/O, far under HDF5's 4 GiB limit,
 // and each chunk carries its own Fletcher-32 checksum so that a flipped bit fails the load.
@@ -138,6 +144,21 @@ void write_config(hid_t file, const std::string& text) {
   dataset.close(what);
 }
 
+// The checksum of everything a resume takes from the file besides the tensors (which carry
+// Fletcher-32 checksums per chunk): a flipped byte in the saved config or the data position
+// must fail the load, not train at a wrong learning rate.
+uint64_t metadata_checksum(uint64_t version, const TrainingState& state) {
+  Crc64 crc;
+  crc.update("cadtrain checkpoint metadata");
+  for (const uint64_t v : {version, state.step, state.data_position.epoch, state.data_position.doc_cursor,
+                           state.data_position.batch_in_window, state.data_position.micro_batches, state.run_id}) {
+    crc.update_u64(v);
+  }
+  crc.update_u64(state.config_text.size());
+  crc.update(state.config_text);
+  return crc.value();
+}
+
 void write_state(hid_t file, const TrainingState& state) {
   const data::PackerPosition& pos = state.data_position;
   h5::write_u32_attribute(file, kFormatVersionAttr, kFormatVersion);
@@ -146,6 +167,9 @@ void write_state(hid_t file, const TrainingState& state) {
   write_u64_attribute(file, kDataDocCursor, &pos.doc_cursor, 1);
   write_u64_attribute(file, kDataBatchInWindow, &pos.batch_in_window, 1);
   write_u64_attribute(file, kDataMicroBatches, &pos.micro_batches, 1);
+  write_u64_attribute(file, kRunId, &state.run_id, 1);
+  const uint64_t crc = metadata_checksum(kFormatVersion, state);
+  write_u64_attribute(file, kMetadataCrc, &crc, 1);
   write_config(file, state.config_text);
 }
 
@@ -236,13 +260,26 @@ std::vector<std::pair<uint64_t, fs::path>> list_checkpoints(const fs::path& dir)
   return found;
 }
 
+TrainingState read_state_of(const std::string& path);
+
 // Failing to delete an old file costs disk space, not correctness, and the new checkpoint is
-// already safe: removal errors are ignored rather than reported as a failed save.
-void prune(const fs::path& dir, uint32_t keep_last, const fs::path& just_written) {
-  const auto checkpoints = list_checkpoints(dir);
-  for (size_t i = keep_last; i < checkpoints.size(); ++i) {
+// already safe: removal errors are ignored rather than reported as a failed save. Only this
+// run's checkpoints count and are deleted; one whose run cannot be read is kept.
+void prune(const fs::path& dir, uint32_t keep_last, const fs::path& just_written, uint64_t run_id) {
+  size_t kept = 0;
+  for (const auto& [step, path] : list_checkpoints(dir)) {
+    if (path != just_written) {
+      uint64_t owner = 0;
+      try {
+        owner = read_state_of(path.string()).run_id;
+      } catch (const Error&) {
+        continue;
+      }
+      if (run_id != 0 && owner != 0 && owner != run_id) continue;
+    }
+    if (++kept <= keep_last || path == just_written) continue;
     std::error_code ec;
-    if (checkpoints[i].second != just_written) fs::remove(checkpoints[i].second, ec);
+    fs::remove(path, ec);
   }
   // Any temporary file left now was abandoned by a writer that died: ours is already renamed.
   std::error_code ec;
@@ -311,8 +348,9 @@ std::string read_config(hid_t file) {
 TrainingState read_state(hid_t file) {
   uint64_t version = 0;
   read_u64_attribute(file, kFormatVersionAttr, &version, 1);
-  if (version != kFormatVersion) {
-    fail("format_version {} is not supported (this build reads {})", version, kFormatVersion);
+  if (version < kOldestReadableVersion || version > kFormatVersion) {
+    fail("format_version {} is not supported (this build reads {} to {})", version, kOldestReadableVersion,
+         kFormatVersion);
   }
   TrainingState state;
   state.step = read_u64(file, kStep);
@@ -321,7 +359,26 @@ TrainingState read_state(hid_t file) {
   state.data_position.batch_in_window = read_u64(file, kDataBatchInWindow);
   state.data_position.micro_batches = read_u64(file, kDataMicroBatches);
   state.config_text = read_config(file);
+  if (version >= 2) {
+    state.run_id = read_u64(file, kRunId);
+    const uint64_t stored = read_u64(file, kMetadataCrc);
+    const uint64_t computed = metadata_checksum(version, state);
+    if (stored != computed) {
+      fail("metadata checksum mismatch (stored {:016x}, computed {:016x}): the step, data position, run id or "
+           "saved config was altered after writing",
+           stored, computed);
+    }
+  }
   return state;
+}
+
+uint64_t file_size_of(hid_t object) {
+  const hid_t file = H5Iget_file_id(object);
+  hsize_t size = 0;
+  const herr_t status = file >= 0 ? H5Fget_filesize(file, &size) : -1;
+  if (file >= 0) H5Fclose(file);
+  h5::check(status, "cannot get the file size");
+  return size;
 }
 
 std::vector<hsize_t> stored_shape(hid_t dataset, const std::string& what) {
@@ -348,9 +405,48 @@ void read_tensor(hid_t group, const char* group_name, const TensorRef& tensor) {
     fail("tensor {} has shape {}, the model expects {}", name, shape_text(dims),
          shape_text(tensor.shape));
   }
-  if (element_count(name, tensor.shape) == 0) return;
+  const uint64_t elements = element_count(name, tensor.shape);
+  if (elements == 0) return;
+  h5::check_fully_written(dataset.get(), name, elements, sizeof(float), file_size_of(dataset.get()));
   h5::check(H5Dread(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, tensor.data),
             what);
+}
+
+// Reads every float32 tensor of group `name` (absent: nothing) into a scratch buffer, so that
+// each chunk's checksum is verified.
+void verify_group(hid_t file, const char* name) {
+  if (h5::check(H5Lexists(file, name, H5P_DEFAULT), fmt::format("cannot look up group {}", name)) == 0) return;
+  auto group = h5::own<Group>(H5Gopen2(file, name, H5P_DEFAULT), fmt::format("cannot open group {}", name));
+  H5G_info_t info{};
+  h5::check(H5Gget_info(group.get(), &info), fmt::format("cannot list group {}", name));
+  const uint64_t file_bytes = file_size_of(file);
+  std::vector<float> scratch;
+  for (hsize_t i = 0; i < info.nlinks; ++i) {
+    const std::string what = fmt::format("cannot list group {}", name);
+    const ssize_t length = h5::check(static_cast<int>(H5Lget_name_by_idx(group.get(), ".", H5_INDEX_NAME,
+                                                                           H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT)),
+                                     what);
+    std::string link(static_cast<size_t>(length), '\0');
+    h5::check(static_cast<int>(H5Lget_name_by_idx(group.get(), ".", H5_INDEX_NAME, H5_ITER_INC, i, link.data(),
+                                                  link.size() + 1, H5P_DEFAULT)),
+              what);
+    const std::string tensor = fmt::format("{}/{}", name, link);
+    const std::string read_what = fmt::format("cannot read tensor {}", tensor);
+    auto dataset = h5::own<h5::Dataset>(H5Dopen2(group.get(), link.c_str(), H5P_DEFAULT), read_what);
+    auto type = h5::own<h5::Type>(H5Dget_type(dataset.get()), read_what);
+    if (H5Tget_class(type.get()) != H5T_FLOAT || H5Tget_size(type.get()) != sizeof(float)) {
+      fail("tensor {} is not float32", tensor);
+    }
+    uint64_t elements = 1;
+    for (const hsize_t d : stored_shape(dataset.get(), read_what)) {
+      if (d != 0 && elements > std::numeric_limits<uint64_t>::max() / d) fail("tensor {} is too large", tensor);
+      elements *= d;
+    }
+    if (elements == 0) continue;
+    h5::check_fully_written(dataset.get(), tensor, elements, sizeof(float), file_bytes);
+    scratch.resize(elements);
+    h5::check(H5Dread(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, scratch.data()), read_what);
+  }
 }
 
 void read_group(hid_t file, const char* name, const std::vector<TensorRef>& tensors) {
@@ -361,6 +457,12 @@ void read_group(hid_t file, const char* name, const std::vector<TensorRef>& tens
   }
   auto group = h5::own<Group>(H5Gopen2(file, name, H5P_DEFAULT), what);
   for (const TensorRef& tensor : tensors) read_tensor(group.get(), name, tensor);
+}
+
+TrainingState read_state_of(const std::string& path) {
+  auto guard = h5::lock();
+  auto file = open_file(path);
+  return read_state(file.get());
 }
 
 }  // namespace
@@ -384,7 +486,7 @@ std::string save_checkpoint(const std::string& dir, const TrainingState& state,
       fs::remove(tmp, remove_ec);
       throw;
     }
-    prune(directory, keep_last, final_path);
+    prune(directory, keep_last, final_path, state.run_id);
     return final_path.string();
   });
 }
@@ -408,11 +510,28 @@ TrainingState load_checkpoint(const std::string& path, const CheckpointTensors& 
 }
 
 TrainingState read_checkpoint_state(const std::string& path) {
+  return with_context(path, [&] { return read_state_of(path); });
+}
+
+TrainingState verify_checkpoint(const std::string& path) {
   return with_context(path, [&] {
     auto guard = h5::lock();
     auto file = open_file(path);
-    return read_state(file.get());
+    TrainingState state = read_state(file.get());
+    if (h5::check(H5Lexists(file.get(), kParams, H5P_DEFAULT), "cannot look up group params") == 0) {
+      fail("missing group {}", kParams);
+    }
+    for (const char* group : {kParams, kAdamM, kAdamV}) verify_group(file.get(), group);
+    return state;
   });
+}
+
+std::vector<std::string> list_checkpoint_files(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& [step, path] : list_checkpoints(dir.empty() ? fs::path(".") : fs::path(dir))) {
+    out.push_back(path.string());
+  }
+  return out;
 }
 
 }  // namespace cadtrain::trainer

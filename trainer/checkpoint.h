@@ -5,10 +5,12 @@
 //
 // File: <dir>/step_<00000123>.h5 with groups /params, /adam_m, /adam_v (one float32 dataset per
 // tensor, named as the model names it, with its shape), attributes step, format_version,
-// data_epoch, data_doc_cursor, data_batch_in_window, data_micro_batches, and a string dataset /config
-// (the effective config, text format). Training draws no random numbers (data order is a
-// function of (seed, epoch)), so no RNG state is saved; an rng_state attribute of older files is
-// ignored.
+// data_epoch, data_doc_cursor, data_batch_in_window, data_micro_batches, run_id (uint64),
+// metadata_crc64 (uint64: CRC-64 of the attributes above and the config text, which HDF5 stores
+// without a checksum of its own), and a string dataset /config (the effective config, text
+// format). format_version 1 files (no run_id, no metadata checksum) are still read. Training
+// draws no random numbers (data order is a function of (seed, epoch)), so no RNG state is saved;
+// an rng_state attribute of older files is ignored.
 #pragma once
 
 #include <cstdint>
@@ -30,6 +32,9 @@ struct TrainingState {
   uint64_t step = 0;                   // optimizer steps completed
   data::PackerPosition data_position;
   std::string config_text;
+  // Identifies the run a checkpoint belongs to (random at a fresh start, kept on resume), so that
+  // pruning and resuming never take another run's checkpoint for this one's. 0: unknown.
+  uint64_t run_id = 0;
 };
 
 // The tensors of one checkpoint, by group.
@@ -39,7 +44,8 @@ struct CheckpointTensors {
   std::vector<TensorRef> adam_v;
 };
 
-// Saves, prunes old checkpoints beyond keep_last, and returns the new file's path.
+// Saves, prunes old checkpoints beyond keep_last, and returns the new file's path. Pruning counts
+// and deletes only checkpoints of state.run_id (0 matches any run), never another run's.
 std::string save_checkpoint(const std::string& dir, const TrainingState& state, const CheckpointTensors& tensors,
                             uint32_t keep_last);
 
@@ -51,6 +57,15 @@ std::string latest_checkpoint(const std::string& dir);
 TrainingState load_checkpoint(const std::string& path, const CheckpointTensors& tensors);
 
 // Reads only the state (step, data position, config), e.g. to rebuild the model from its config.
+// Verifies the metadata checksum.
 TrainingState read_checkpoint_state(const std::string& path);
+
+// Reads the state and every tensor of every group, checking checksums, dtypes and that each
+// tensor's data is really stored in the file (before allocating anything for it). Throws an
+// Error naming the file and the first problem; returns the state.
+TrainingState verify_checkpoint(const std::string& path);
+
+// The checkpoints (step_*.h5) in dir, newest step first; empty when dir does not exist.
+std::vector<std::string> list_checkpoint_files(const std::string& dir);
 
 }  // namespace cadtrain::trainer

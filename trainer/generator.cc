@@ -182,6 +182,13 @@ uint32_t sample(const std::vector<float>& logits, const SamplingOptions& options
 std::vector<uint32_t> generate(Model& model, const std::vector<uint32_t>& prompt, uint32_t n_new,
                                const SamplingOptions& options) {
   if (prompt.empty()) fail("generation needs a prompt of at least one token");
+  if (!std::isfinite(options.temperature) || options.temperature < 0) {
+    fail("temperature {} must be a finite number >= 0 (0 = greedy)", options.temperature);
+  }
+  if (options.max_tokens != 0 && (prompt.size() > options.max_tokens || n_new > options.max_tokens - prompt.size())) {
+    fail("prompt of {} tokens + {} new tokens exceeds the model's max_seq_len {}", prompt.size(), n_new,
+         options.max_tokens);
+  }
   Generator gen(model, static_cast<int64_t>(prompt.size() + n_new));
   Rng rng(options.seed);
   const std::vector<float>* logits = nullptr;

@@ -15,6 +15,7 @@ struct SamplingOptions {
   double temperature = 0;  // 0 = greedy (argmax)
   uint32_t top_k = 0;      // 0 = the whole vocabulary
   uint64_t seed = 1;
+  uint64_t max_tokens = 0;  // prompt + new tokens may not exceed this (the model's max_seq_len); 0: no limit
 };
 
 class Generator {
@@ -32,7 +33,8 @@ class Generator {
   std::unique_ptr<Impl> impl_;
 };
 
-// Feeds the prompt, then samples n_new tokens; returns the new tokens only.
+// Feeds the prompt, then samples n_new tokens; returns the new tokens only. Throws before any
+// work when the temperature is not a finite number >= 0 or prompt + n_new exceeds max_tokens.
 std::vector<uint32_t> generate(Model& model, const std::vector<uint32_t>& prompt, uint32_t n_new,
                                const SamplingOptions& options);
 

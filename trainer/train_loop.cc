@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <csignal>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -19,10 +20,14 @@
 #include "data/packing.h"
 #include "kernels/sgemm_peak.h"
 #include "trainer/batch.h"
+#include "trainer/metrics_history.h"
 #include "trainer/optimizer.h"
 #include "trainer/machine_peak.h"
+#include "trainer/resume.h"
+#include "trainer/run_lock.h"
 #include "trainer/run_log.h"
 #include "trainer/session.h"
+#include "trainer/stop_signal.h"
 
 namespace cadtrain::trainer {
 namespace {
@@ -84,11 +89,29 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   check_supported(cfg);
   const bool writer = group.is_writer();
   const std::string run_dir = config::run_dir(cfg);
-  const std::string ckpt_dir = cfg.checkpoint().dir().empty() ? run_dir + "/checkpoints" : cfg.checkpoint().dir();
+  const std::string ckpt_dir = checkpoint_dir(cfg);
+  // One writer per run directory (and per checkpoint.dir elsewhere), held until train returns.
+  std::optional<RunLock> run_lock, ckpt_lock;
   if (writer) {
-    fs::create_directories(ckpt_dir);
-    config::write_effective_config(cfg, provenance, run_dir + "/config.pbtxt");
+    run_lock.emplace(run_dir, "run directory");
+    if (fs::absolute(ckpt_dir).lexically_normal() != fs::absolute(run_dir + "/checkpoints").lexically_normal()) {
+      ckpt_lock.emplace(ckpt_dir, "checkpoint directory");
+    }
+    ensure_directory(ckpt_dir, "checkpoint directory");
   }
+  std::optional<ResumePoint> resumed;
+  if (!resume_from.empty()) {
+    resumed = find_resume_point(resume_from, false);
+    if (resumed->state.step >= cfg.schedule().total_steps()) {
+      fail("{} is at step {} and schedule.total_steps is {}: nothing left to train (raise schedule.total_steps "
+           "to continue)",
+           resumed->path, resumed->state.step, cfg.schedule().total_steps());
+    }
+  }
+  RunStart start;  // the writer's decision; other ranks only read the checkpoint
+  if (writer) start = plan_run_start(ckpt_dir, resumed ? resumed->path : "", resumed ? &resumed->state : nullptr);
+  const StopSignals stop_signals;
+  if (writer) config::write_effective_config(cfg, provenance, run_dir + "/config.pbtxt");
 
   if (cfg.data().generate_if_missing()) {
     for (const auto& g : data::ensure_synthetic_datasets(cfg.data(), false)) {
@@ -120,8 +143,9 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   data::Packer packer(train_ds, popt);
 
   uint64_t step = 0;
-  if (!resume_from.empty()) {
-    const std::string path = resolve_checkpoint(resume_from);
+  for (const std::string& note : start.notes) fmt::print("{}\n", note);
+  if (resumed) {
+    const std::string& path = resumed->path;
     const TrainingState state = load_checkpoint(path, checkpoint_tensors(model, &optimizer));
     step = state.step;
     optimizer.set_steps_done(step);
@@ -136,8 +160,15 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   const double sgemm_now = kernels::measure_sgemm_gflops();
   PeakCalibration peak = calibrate_peak(default_peak_cache_path(), this_machine_key(omp_get_max_threads()), sgemm_now,
                                         false);
+  const std::string metrics_path = run_dir + "/" + cfg.logging().metrics_file();
+  const bool continuing = start.kind == StartKind::kContinue;
+  if (writer && continuing) {
+    if (const uint64_t dropped = keep_metrics_up_to(metrics_path, step); dropped > 0) {
+      fmt::print("dropped {} lines of {} logged after step {} (those steps run again)\n", dropped, metrics_path, step);
+    }
+  }
   std::optional<RunLog> log;  // the writer's only
-  if (writer) log.emplace(run_dir + "/" + cfg.logging().metrics_file(), !resume_from.empty(), cfg.logging().log_every());
+  if (writer) log.emplace(metrics_path, continuing, cfg.logging().log_every());
   const uint64_t tokens_step = tokens_mb * cfg.data().grad_accumulation();
   if (log) log->table({{"run directory", run_dir},
              {"model", fmt::format("{} layers, d_model {}, {} heads ({} kv), head_dim {}, ffn {}, vocab {}{}",
@@ -172,17 +203,33 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     result.evaluated = true;
     if (log) log->eval(at, "eval", result.eval);
   };
+  uint64_t last_saved = step;
   const auto save = [&](uint64_t at) {
     if (!writer) return;
     TrainingState state;
     state.step = at;
     state.data_position = packer.position();
     state.config_text = config::effective_config_text(cfg, provenance);
+    state.run_id = start.run_id;
     result.checkpoint = save_checkpoint(ckpt_dir, state, checkpoint_tensors(model, &optimizer), cfg.checkpoint().keep_last());
+    last_saved = at;
+  };
+  // A first SIGINT/SIGTERM stops between steps: the finished steps are checkpointed, nothing is
+  // left half-written, and the exit status says the run did not finish.
+  const auto stop_if_signalled = [&] {
+    const int signal = StopSignals::received();
+    if (signal == 0) return;
+    if (step > last_saved) save(step);
+    const std::string latest = !result.checkpoint.empty() ? result.checkpoint : resumed ? resumed->path : "";
+    fail("stopped by {} after step {} of {}; {}", signal == SIGINT ? "SIGINT" : "SIGTERM", step,
+         cfg.schedule().total_steps(),
+         latest.empty() ? std::string("no checkpoint was written")
+                        : fmt::format("checkpoint {}; continue with: cadtrain train --resume {}", latest, run_dir));
   };
 
   bool first = true;
   while (step < cfg.schedule().total_steps()) {
+    stop_if_signalled();
     StepMetrics m;
     const double t0 = now_seconds();
     const StepBatches batches = next_step_batches(packer, cfg.data().grad_accumulation(), group);
