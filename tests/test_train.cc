@@ -209,6 +209,8 @@ TEST_F(TrainTest, StepMetricsReportFillAndCutTokens) {
     cut += line["cut_tokens"].get<uint64_t>();
   }
   EXPECT_GT(cut, 0u);
+}
+
 namespace {
 
 // A group of two ranks whose other rank holds exactly this rank's data: sums double, and the
