@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
   cadtrain::cli::register_data_commands(app);
   cadtrain::cli::register_config_commands(app);
   cadtrain::cli::register_calibrate_command(app);
+  cadtrain::cli::register_merge_commands(app);
+  cadtrain::cli::register_distill_commands(app);
   try {
     app.parse(argc, argv);  // subcommand callbacks run inside parse()
   } catch (const CLI::ParseError& e) {

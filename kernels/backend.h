@@ -15,6 +15,19 @@
 
 namespace cadtrain::kernels {
 
+// Optional top-K distillation term of the fused LM head (DESIGN section 7, tempered decoupled
+// top-K): per row, the teacher's K token ids and log-probabilities normalized over the full
+// vocabulary. The row's loss becomes CE + weight * L_KD (rows with mask 0 have neither).
+struct TopKDistillArgs {
+  const int32_t* ids = nullptr;        // [N, K] distinct ids in [0, V)
+  const float* logprobs = nullptr;     // [N, K]
+  int64_t k = 0;
+  float weight = 0;                    // lambda
+  float temperature = 1;               // tau of the conditional term (the mass term is untempered)
+  bool tau_squared = false;            // multiply the conditional term by tau^2
+  float* row_kd = nullptr;             // [N] optional per-row L_KD (0 where mask is 0)
+};
+
 // Arguments of the fused LM head + cross-entropy (see Backend::lm_head_cross_entropy).
 struct LmHeadLossArgs {
   const float* h = nullptr;         // [N, C] final hidden states (after the final norm)
@@ -30,11 +43,14 @@ struct LmHeadLossArgs {
   // Optional per-row outputs: loss (0 where mask is 0) and the argmax token.
   float* row_loss = nullptr;        // [N]
   uint32_t* row_argmax = nullptr;   // [N]
+  const TopKDistillArgs* distill = nullptr;  // nullptr: cross-entropy only
 };
 
 struct LmHeadLossResult {
-  double loss_sum = 0;   // sum over rows of mask * loss
+  double loss_sum = 0;   // sum over rows of mask * loss (cross-entropy only)
   double weight_sum = 0; // sum of mask
+  double kd_sum = 0;     // sum over rows of mask * L_KD (0 without distill); gradients use
+                         // loss_sum + weight * kd_sum
 };
 
 class Backend {

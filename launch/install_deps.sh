@@ -17,6 +17,7 @@ packages=(
   libsentencepiece-dev sentencepiece
   libcli11-dev nlohmann-json3-dev libfmt-dev
   python3 python3-numpy python3-h5py
+  clang-14 libclang-rt-14-dev
 )
 case "${1:-}" in
   "" | --with-torch) packages+=(python3-torch) ;;

@@ -263,13 +263,13 @@ TEST_F(CheckpointTest, FutureFormatVersionIsRefused) {
     ASSERT_GE(file, 0);
     const hid_t attr = H5Aopen(file, "format_version", H5P_DEFAULT);
     ASSERT_GE(attr, 0);
-    const uint32_t version = 3;
+    const uint32_t version = 4;
     EXPECT_GE(H5Awrite(attr, H5T_NATIVE_UINT32, &version), 0);
     H5Aclose(attr);
     H5Fclose(file);
   }
   const std::string message = test::error_of([&] { read_checkpoint_state(path); });
-  EXPECT_NE(message.find("format_version 3 is not supported"), std::string::npos) << message;
+  EXPECT_NE(message.find("format_version 4 is not supported"), std::string::npos) << message;
 }
 
 TEST_F(CheckpointTest, TruncatedFileIsAnError) {

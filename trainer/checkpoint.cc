@@ -28,8 +28,10 @@ namespace {
 namespace fs = std::filesystem;
 using Group = h5::Handle<H5Gclose>;
 
-// 2 added run_id and metadata_crc64; version 1 files are read without them.
-constexpr uint32_t kFormatVersion = 2;
+// 2 added run_id and metadata_crc64 (version 1 files are read without them); 3 stores /config
+// as uint8 bytes instead of a variable-length string, whose data sits in HDF5's global heap
+// without a checksum: a damaged heap entry there made HDF5 loop forever (found by fuzzing).
+constexpr uint32_t kFormatVersion = 3;
 constexpr uint32_t kOldestReadableVersion = 1;
 
 constexpr const char* kParams = "params";
@@ -132,15 +134,13 @@ h5::Type string_type(const std::string& what) {
   return type;
 }
 
-void write_config(hid_t file, const std::string& text) {
+void write_config_bytes(hid_t file, const std::string& text) {
   const std::string what = fmt::format("cannot write /{}", kConfig);
-  auto type = string_type(what);
-  auto space = h5::own<h5::Space>(H5Screate(H5S_SCALAR), what);
+  const hsize_t n = text.size();
+  auto space = h5::own<h5::Space>(H5Screate_simple(1, &n, nullptr), what);
   auto dataset = h5::own<h5::Dataset>(
-      H5Dcreate2(file, kConfig, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
-      what);
-  const char* data = text.c_str();
-  h5::check(H5Dwrite(dataset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, &data), what);
+      H5Dcreate2(file, kConfig, H5T_STD_U8LE, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), what);
+  if (n > 0) h5::check(H5Dwrite(dataset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data()), what);
   dataset.close(what);
 }
 
@@ -170,7 +170,7 @@ void write_state(hid_t file, const TrainingState& state) {
   write_u64_attribute(file, kRunId, &state.run_id, 1);
   const uint64_t crc = metadata_checksum(kFormatVersion, state);
   write_u64_attribute(file, kMetadataCrc, &crc, 1);
-  write_config(file, state.config_text);
+  write_config_bytes(file, state.config_text);
 }
 
 std::vector<hsize_t> dims_of(const std::vector<int64_t>& shape) {
@@ -326,7 +326,25 @@ uint64_t read_u64(hid_t file, const char* name) {
   return value;
 }
 
-std::string read_config(hid_t file) {
+uint64_t file_size_of(hid_t object);
+
+std::string read_config_bytes(hid_t file) {
+  const std::string what = fmt::format("cannot read /{}", kConfig);
+  if (h5::check(H5Lexists(file, kConfig, H5P_DEFAULT), what) == 0) fail("missing /{}", kConfig);
+  auto dataset = h5::own<h5::Dataset>(H5Dopen2(file, kConfig, H5P_DEFAULT), what);
+  auto type = h5::own<h5::Type>(H5Dget_type(dataset.get()), what);
+  if (H5Tget_class(type.get()) != H5T_INTEGER || H5Tget_size(type.get()) != 1) fail("/{} is not uint8 bytes", kConfig);
+  auto space = h5::own<h5::Space>(H5Dget_space(dataset.get()), what);
+  if (h5::check(H5Sget_simple_extent_ndims(space.get()), what) != 1) fail("/{} is not 1-D", kConfig);
+  hsize_t n = 0;
+  h5::check(H5Sget_simple_extent_dims(space.get(), &n, nullptr), what);
+  h5::check_fully_written(dataset.get(), "/config", n, 1, file_size_of(file));
+  std::string text(n, '\0');
+  if (n > 0) h5::check(H5Dread(dataset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data()), what);
+  return text;
+}
+
+std::string read_config_string(hid_t file) {
   const std::string what = fmt::format("cannot read /{}", kConfig);
   if (h5::check(H5Lexists(file, kConfig, H5P_DEFAULT), what) == 0) fail("missing /{}", kConfig);
   auto dataset = h5::own<h5::Dataset>(H5Dopen2(file, kConfig, H5P_DEFAULT), what);
@@ -358,7 +376,7 @@ TrainingState read_state(hid_t file) {
   state.data_position.doc_cursor = read_u64(file, kDataDocCursor);
   state.data_position.batch_in_window = read_u64(file, kDataBatchInWindow);
   state.data_position.micro_batches = read_u64(file, kDataMicroBatches);
-  state.config_text = read_config(file);
+  state.config_text = version >= 3 ? read_config_bytes(file) : read_config_string(file);
   if (version >= 2) {
     state.run_id = read_u64(file, kRunId);
     const uint64_t stored = read_u64(file, kMetadataCrc);
@@ -523,6 +541,156 @@ TrainingState verify_checkpoint(const std::string& path) {
     }
     for (const char* group : {kParams, kAdamM, kAdamV}) verify_group(file.get(), group);
     return state;
+  });
+}
+
+// ---- streaming access (merge and other tools) ----
+
+struct CheckpointReader::Impl {
+  std::string path;
+  h5::File file;
+  TrainingState state;
+
+  // The group, or an invalid handle when the file has none of that name.
+  Group open_group(const char* group) const {
+    const std::string what = fmt::format("cannot open group {}", group);
+    if (h5::check(H5Lexists(file.get(), group, H5P_DEFAULT), what) == 0) return Group();
+    return h5::own<Group>(H5Gopen2(file.get(), group, H5P_DEFAULT), what);
+  }
+};
+
+CheckpointReader::CheckpointReader(const std::string& path) : impl_(std::make_unique<Impl>()) {
+  impl_->path = path;
+  with_context(path, [&] {
+    auto guard = h5::lock();
+    impl_->file = open_file(path);
+    impl_->state = read_state(impl_->file.get());
+  });
+}
+
+CheckpointReader::~CheckpointReader() = default;
+CheckpointReader::CheckpointReader(CheckpointReader&&) noexcept = default;
+
+const std::string& CheckpointReader::path() const { return impl_->path; }
+const TrainingState& CheckpointReader::state() const { return impl_->state; }
+
+std::vector<std::string> CheckpointReader::tensor_names(const char* group) const {
+  return with_context(impl_->path, [&] {
+    auto guard = h5::lock();
+    std::vector<std::string> names;
+    const Group g = impl_->open_group(group);
+    if (!g.valid()) return names;
+    const std::string what = fmt::format("cannot list group {}", group);
+    H5G_info_t info;
+    h5::check(H5Gget_info(g.get(), &info), what);
+    for (hsize_t i = 0; i < info.nlinks; ++i) {
+      const ssize_t size = H5Lget_name_by_idx(g.get(), ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
+      h5::check(static_cast<int>(size < 0 ? -1 : 0), what);
+      std::string name(static_cast<size_t>(size), '\0');
+      h5::check(static_cast<int>(H5Lget_name_by_idx(g.get(), ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(),
+                                                    name.size() + 1, H5P_DEFAULT) < 0 ? -1 : 0),
+                what);
+      names.push_back(std::move(name));
+    }
+    return names;
+  });
+}
+
+std::vector<int64_t> CheckpointReader::shape(const char* group, const std::string& name) const {
+  return with_context(impl_->path, [&] {
+    auto guard = h5::lock();
+    const std::string full = fmt::format("{}/{}", group, name);
+    const Group g = impl_->open_group(group);
+    const std::string what = fmt::format("cannot read tensor {}", full);
+    if (!g.valid() || h5::check(H5Lexists(g.get(), name.c_str(), H5P_DEFAULT), what) == 0) {
+      fail("tensor {} is missing", full);
+    }
+    auto dataset = h5::own<h5::Dataset>(H5Dopen2(g.get(), name.c_str(), H5P_DEFAULT), what);
+    const std::vector<hsize_t> dims = stored_shape(dataset.get(), what);
+    return std::vector<int64_t>(dims.begin(), dims.end());
+  });
+}
+
+void CheckpointReader::read(const char* group, const TensorRef& tensor) const {
+  with_context(impl_->path, [&] {
+    auto guard = h5::lock();
+    const Group g = impl_->open_group(group);
+    if (!g.valid()) fail("tensor {}/{} is missing (the file has no group {})", group, tensor.name, group);
+    read_tensor(g.get(), group, tensor);
+  });
+}
+
+struct CheckpointWriter::Impl {
+  std::string path;
+  std::string tmp;
+  h5::File file;
+  std::vector<std::pair<std::string, Group>> groups;
+  std::set<std::string> written;  // "group/name"
+  bool committed = false;
+
+  hid_t group(const char* name) {
+    for (const auto& [n, g] : groups) {
+      if (n == name) return g.get();
+    }
+    const std::string what = fmt::format("{}: cannot create group {}", tmp, name);
+    groups.emplace_back(name, h5::own<Group>(H5Gcreate2(file.get(), name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), what));
+    return groups.back().second.get();
+  }
+};
+
+CheckpointWriter::CheckpointWriter(const std::string& path, const TrainingState& state)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->path = path;
+  impl_->tmp = path + ".tmp";
+  with_context(fmt::format("cannot write checkpoint {}", path), [&] {
+    const fs::path parent = fs::path(path).parent_path();
+    std::error_code ec;
+    if (!parent.empty()) fs::create_directories(parent, ec);
+    if (ec) fail("cannot create the directory: {}", ec.message());
+    auto guard = h5::lock();
+    auto fapl = h5::file_access_list();
+    h5::check(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V110, H5F_LIBVER_V110),
+              "cannot set format version bounds");
+    impl_->file = h5::own<h5::File>(H5Fcreate(impl_->tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
+                                    fmt::format("cannot create {}", impl_->tmp));
+    write_state(impl_->file.get(), state);
+  });
+}
+
+CheckpointWriter::~CheckpointWriter() {
+  if (impl_ == nullptr || impl_->committed) return;
+  {
+    auto guard = h5::lock();
+    impl_->groups.clear();
+    impl_->file.reset();
+  }
+  std::error_code ec;
+  fs::remove(impl_->tmp, ec);
+}
+
+void CheckpointWriter::write(const char* group, const TensorRef& tensor) {
+  with_context(fmt::format("cannot write checkpoint {}", impl_->path), [&] {
+    if (impl_->committed) fail("already committed");
+    validate_tensors(group, {tensor});
+    if (!impl_->written.insert(fmt::format("{}/{}", group, tensor.name)).second) {
+      fail("tensor {}/{} is written twice", group, tensor.name);
+    }
+    auto guard = h5::lock();
+    write_tensor(impl_->group(group), group, tensor);
+  });
+}
+
+void CheckpointWriter::commit() {
+  with_context(fmt::format("cannot write checkpoint {}", impl_->path), [&] {
+    if (impl_->committed) fail("already committed");
+    {
+      auto guard = h5::lock();
+      for (auto& [name, g] : impl_->groups) g.close(fmt::format("cannot close group {}", name));
+      impl_->groups.clear();
+      impl_->file.close(fmt::format("cannot close {}", impl_->tmp));
+    }
+    publish_file(impl_->tmp, impl_->path);
+    impl_->committed = true;
   });
 }
 

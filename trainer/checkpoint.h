@@ -7,13 +7,15 @@
 // tensor, named as the model names it, with its shape), attributes step, format_version,
 // data_epoch, data_doc_cursor, data_batch_in_window, data_micro_batches, run_id (uint64),
 // metadata_crc64 (uint64: CRC-64 of the attributes above and the config text, which HDF5 stores
-// without a checksum of its own), and a string dataset /config (the effective config, text
-// format). format_version 1 files (no run_id, no metadata checksum) are still read. Training
+// without a checksum of its own), and a uint8 dataset /config (the effective config, text format,
+// as bytes). Versions 1 (no run_id, no metadata checksum) and 2 stored /config as a
+// variable-length string; both are still read. Training
 // draws no random numbers (data order is a function of (seed, epoch)), so no RNG state is saved;
 // an rng_state attribute of older files is ignored.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -59,6 +61,45 @@ TrainingState load_checkpoint(const std::string& path, const CheckpointTensors& 
 // Reads only the state (step, data position, config), e.g. to rebuild the model from its config.
 // Verifies the metadata checksum.
 TrainingState read_checkpoint_state(const std::string& path);
+
+// The parameter group's name, for the streaming reader and writer below.
+inline constexpr const char* kParamsGroup = "params";
+
+// One tensor at a time from a checkpoint file, for tools that must not hold a whole model (merge).
+class CheckpointReader {
+ public:
+  explicit CheckpointReader(const std::string& path);  // throws naming the path
+  ~CheckpointReader();
+  CheckpointReader(CheckpointReader&&) noexcept;
+  const std::string& path() const;
+  const TrainingState& state() const;
+  // The tensors of a group in the file's (name) order; empty when the group is absent.
+  std::vector<std::string> tensor_names(const char* group) const;
+  // The stored shape of group/name; throws naming the file and tensor when it is missing.
+  std::vector<int64_t> shape(const char* group, const std::string& name) const;
+  // Reads group/tensor.name into tensor.data; the stored shape must equal tensor.shape.
+  void read(const char* group, const TensorRef& tensor) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Writes a checkpoint file one tensor at a time to "<path>.tmp" and publishes it at path on
+// commit() (fsync, rename, fsync of the directory), like save_checkpoint; destroyed without
+// commit(), it removes the temporary file, so a failed tool never leaves a partial checkpoint.
+class CheckpointWriter {
+ public:
+  CheckpointWriter(const std::string& path, const TrainingState& state);
+  ~CheckpointWriter();
+  // Groups are created on first use; a tensor name may appear once per group.
+  void write(const char* group, const TensorRef& tensor);
+  void commit();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // Reads the state and every tensor of every group, checking checksums, dtypes and that each
 // tensor's data is really stored in the file (before allocating anything for it). Throws an

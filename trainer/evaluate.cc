@@ -20,6 +20,7 @@ EvalResult evaluate(Model& model, const data::Dataset& dataset, uint64_t tokens_
   std::vector<float> row_loss(tokens_per_batch);
   std::vector<uint32_t> row_argmax(tokens_per_batch);
   EvalResult r;
+  if (dataset.num_tokens() == 0) return r;  // scores nothing; callers say so with the dataset's name
   double loss_sum = 0, weight_sum = 0;
   // The packer's first epoch is the whole file, each token once; it ends with its last batch.
   while (r.micro_batches < max_batches && packer.position().epoch == 0) {

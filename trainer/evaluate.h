@@ -37,7 +37,7 @@ constexpr uint64_t kWholeDataset = std::numeric_limits<uint64_t>::max();
 
 // Scores the dataset from its start in file order, whole documents packed into micro-batches of
 // up to tokens_per_batch tokens, up to max_batches of them (kWholeDataset: all), each token once.
-// Throws if the dataset has no tokens.
+// A dataset without tokens scores nothing (tokens 0).
 EvalResult evaluate(Model& model, const data::Dataset& dataset, uint64_t tokens_per_batch,
                     uint64_t max_batches = kWholeDataset);
 

@@ -246,6 +246,7 @@ LossSum Model::forward_backward(const Batch& batch, float grad_scale, GradientSy
   loss_args.dh = m.grads.dtmp;
   loss_args.dw = m.params.grad(m.lm_head);
   loss_args.grad_scale = grad_scale;
+  loss_args.distill = batch.distill ? batch.distill() : nullptr;
   const kernels::LmHeadLossResult loss = m.be.lm_head_cross_entropy(loss_args);
   const double t1 = now_seconds();
   m.times.loss += t1 - t_loss;
@@ -268,7 +269,7 @@ LossSum Model::forward_backward(const Batch& batch, float grad_scale, GradientSy
   m.be.embedding_backward(m.params.grad(m.embedding), m.grads.dx, batch.tokens, batch.n, m.dims.c);
   m.announce_grads(grad_sync, m.embedding, m.embedding + 1, GradGroup::kEmbedding);
   m.times.backward += now_seconds() - t1;
-  return LossSum{loss.loss_sum, loss.weight_sum};
+  return LossSum{loss.loss_sum, loss.weight_sum, loss.kd_sum};
 }
 
 LossSum Model::evaluate(const Batch& batch, float* row_loss, uint32_t* row_argmax) {
@@ -278,9 +279,10 @@ LossSum Model::evaluate(const Batch& batch, float* row_loss, uint32_t* row_argma
   kernels::LmHeadLossArgs loss_args = m.loss_args(batch);
   loss_args.row_loss = row_loss;
   loss_args.row_argmax = row_argmax;
+  loss_args.distill = batch.distill ? batch.distill() : nullptr;
   const kernels::LmHeadLossResult loss = m.be.lm_head_cross_entropy(loss_args);
   m.times.forward += now_seconds() - t0;
-  return LossSum{loss.loss_sum, loss.weight_sum};
+  return LossSum{loss.loss_sum, loss.weight_sum, loss.kd_sum};
 }
 
 void Model::logits(const Batch& batch, float* out) {

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "configs/cadtrain.pb.h"
@@ -19,6 +20,7 @@
 namespace cadtrain::kernels {
 class Backend;
 class CoreAttention;
+struct TopKDistillArgs;
 }  // namespace cadtrain::kernels
 
 namespace cadtrain::trainer {
@@ -35,11 +37,15 @@ struct Batch {
   const int32_t* cu_seqlens = nullptr;  // [n_seqs + 1]
   int64_t n_seqs = 0;
   const uint64_t* doc_ids = nullptr;    // [n_seqs] document of each sequence; nullptr: not known
+  // Distillation rows for the LM head, asked for only once the layers have run (so a background
+  // read overlaps them); empty or returning nullptr: cross-entropy only.
+  std::function<const kernels::TopKDistillArgs*()> distill;
 };
 
 struct LossSum {
   double loss_sum = 0;    // sum of masked token losses
   double weight_sum = 0;  // sum of the loss mask
+  double kd_sum = 0;      // sum of masked distillation losses (0 without distillation)
 };
 
 // Seconds spent per phase since the last reset (the backend is synchronous on CPU).

@@ -46,15 +46,21 @@ void RunLog::step(const StepMetrics& m) {
                         {"core_attention", m.core_attention * 1e3},
                         {"loss", m.loss_time * 1e3},
                         {"optimizer", m.optimizer * 1e3}}}};
+  std::string extra;
+  for (const auto& [name, value] : m.extra) {
+    j[name] = value;
+    extra += fmt::format(" | {} {:.4f}", name, value);
+  }
   metrics_ << j.dump() << '\n';
   metrics_.flush();
   if (!metrics_) fail("cannot write metrics file {}", path_);
   if (m.step % print_every_ != 0 && m.step != m.total_steps && !m.skipped) return;
   fmt::print(
-      "step {:>{}}/{} | loss {:.4f} | norm {:.3f} | lr {:.2e} | {:.0f} ms | {:.0f} tok/s | fill {:.1f}%{} | "
+      "step {:>{}}/{} | loss {:.4f}{} | norm {:.3f} | lr {:.2e} | {:.0f} ms | {:.0f} tok/s | fill {:.1f}%{} | "
       "{:.1f}% MFU | data {:.0f} fwd {:.0f} bwd {:.0f} (attn {:.0f}, loss {:.0f}) opt {:.0f} ms{}\n",
-      m.step, fmt::formatted_size("{}", m.total_steps), m.total_steps, m.loss, m.grad_norm, m.lr, m.seconds * 1e3,
-      m.tokens_per_second, 100 * fill, m.cut_tokens > 0 ? fmt::format(" ({} cut)", m.cut_tokens) : "", 100 * m.mfu, m.data * 1e3, m.forward * 1e3, m.backward * 1e3, m.core_attention * 1e3,
+      m.step, fmt::formatted_size("{}", m.total_steps), m.total_steps, m.loss, extra, m.grad_norm, m.lr, m.seconds * 1e3,
+      m.tokens_per_second, 100 * fill, m.cut_tokens > 0 ? fmt::format(" ({} cut)", m.cut_tokens) : "", 100 * m.mfu,
+      m.data * 1e3, m.forward * 1e3, m.backward * 1e3, m.core_attention * 1e3,
       m.loss_time * 1e3, m.optimizer * 1e3, m.skipped ? " | SKIPPED (non-finite)" : "");
   std::fflush(stdout);
 }

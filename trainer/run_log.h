@@ -28,6 +28,9 @@ struct StepMetrics {
   // time breakdown, seconds
   double data = 0, forward = 0, backward = 0, core_attention = 0, loss_time = 0, optimizer = 0;
   bool skipped = false;  // non-finite loss or gradient, step dropped (on_nonfinite: SKIP_STEP)
+  // Further named values (loss terms such as "ce" and "kd"), printed after the loss as
+  // "| ce 3.1021 | kd 0.4410" and written as top-level fields of metrics.jsonl.
+  std::vector<std::pair<std::string, double>> extra;
 };
 
 class RunLog {

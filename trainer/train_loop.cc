@@ -20,6 +20,7 @@
 #include "data/packing.h"
 #include "kernels/sgemm_peak.h"
 #include "trainer/batch.h"
+#include "trainer/distill_teacher.h"
 #include "trainer/metrics_history.h"
 #include "trainer/optimizer.h"
 #include "trainer/machine_peak.h"
@@ -127,6 +128,11 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     check_dataset_fits(*eval_ds, cfg);
   }
 
+  std::unique_ptr<DistillTeacher> teacher;
+  if (!cfg.loss().distill().teacher_path().empty()) {
+    teacher = std::make_unique<DistillTeacher>(cfg.loss().distill(), train_ds, cfg.model().vocab_size());
+  }
+
   const uint64_t tokens_mb = cfg.data().tokens_per_micro_batch();
   ModelSession session = make_model_session(cfg, static_cast<int64_t>(tokens_mb));
   Model& model = *session.model;
@@ -189,7 +195,8 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
                                              "at {} threads (`cadtrain calibrate` re-measures)",
                                              peak.gflops, peak.measurements, omp_get_max_threads())},
              {"sgemm now (measured)", fmt::format("{:.1f} GFLOP/s (metrics.jsonl: mfu_vs_sgemm_now)", sgemm_now)},
-             {"steps", fmt::format("{} -> {}", step, cfg.schedule().total_steps())}});
+             {"steps", fmt::format("{} -> {}", step, cfg.schedule().total_steps())},
+             {"distillation", teacher ? distill_summary(cfg.loss().distill(), *teacher) : std::string("off")}});
   if (log && !peak.note.empty()) log->note("note: " + peak.note);
   if (const std::string w = startup_load_warning(sgemm_now, peak.gflops); log && !w.empty()) log->note("warning: " + w);
 
@@ -236,15 +243,21 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     m.data = now_seconds() - t0;
     session.backend->zero(model.params().grads(), model.params().total());
     model.reset_times();
-    double loss_sum = 0;
+    double loss_sum = 0, kd_sum = 0;
     const float grad_scale = batches.weight > 0 ? static_cast<float>(1.0 / batches.weight) : 0.0f;
     for (size_t i = 0; i < batches.micro.size(); ++i) {
       GradientSync* sync = i + 1 == batches.micro.size() ? grad_sync.get() : nullptr;
-      loss_sum += model.forward_backward(batch_view(batches.micro[i]), grad_scale, sync).loss_sum;
+      const LossSum r = forward_backward_micro_batch(model, teacher.get(), batches.micro[i], grad_scale, sync);
+      loss_sum += r.loss_sum;
+      kd_sum += r.kd_sum;
     }
     grad_sync->finish_step();
-    group.sum_over_batch(std::span<double>(&loss_sum, 1));
+    double sums[2] = {loss_sum, kd_sum};
+    group.sum_over_batch(std::span<double>(sums, 2));
+    loss_sum = sums[0];
+    kd_sum = sums[1];
     m.loss = batches.weight > 0 ? loss_sum / batches.weight : 0;
+    if (teacher) add_distill_metrics(cfg.loss().distill(), *teacher, kd_sum, batches.weight, m);
     m.forward = model.times().forward;
     m.backward = model.times().backward;
     m.core_attention = model.times().core_attention;
