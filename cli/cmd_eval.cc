@@ -17,7 +17,7 @@ namespace {
 struct EvalOptions {
   std::string checkpoint;
   std::string data;  // default: the config's eval_path
-  uint64_t batches = 1000000;
+  uint64_t batches = trainer::kWholeDataset;
   std::vector<std::string> sets;
 };
 
@@ -39,8 +39,10 @@ void run_eval(const EvalOptions& o) {
     fail("{}: no token to score ({} documents, {} tokens; a token is scored when its document has a next one)",
          path, ds.num_docs(), ds.num_tokens());
   }
-  fmt::print("{} (step {}) on {}: loss {:.4f} | perplexity {:.3f} | {} tokens", m.path, m.step, path, r.loss,
-             r.perplexity, r.tokens);
+  // The same definition and digits as train's final "eval loss" (trainer/evaluate.h).
+  fmt::print("{} (step {}) on {}: loss {:.6g} | perplexity {:.6g} | {} tokens ({})", m.path, m.step, path, r.loss,
+             r.perplexity, r.tokens, trainer::eval_scope(r));
+  if (r.cut_tokens > 0) fmt::print(" | {} tokens after a cut", r.cut_tokens);
   if (r.answer_tokens > 0) {
     fmt::print(" | retrieval accuracy {:.2f}% ({}/{} answer tokens)", 100 * r.retrieval_accuracy, r.answer_correct,
                r.answer_tokens);
@@ -67,7 +69,7 @@ void register_eval_commands(CLI::App& app) {
   auto eo = std::make_shared<EvalOptions>();
   eval->add_option("checkpoint", eo->checkpoint, "Run directory or checkpoint file")->required();
   eval->add_option("--data", eo->data, "Dataset to score (default: the run's eval_path)");
-  eval->add_option("--batches", eo->batches, "At most this many micro-batches");
+  eval->add_option("--batches", eo->batches, "Score only the first this many micro-batches (default: the whole file)");
   eval->add_option("--set", eo->sets, "Override a config field (e.g. data.tokens_per_micro_batch=8192)");
   eval->callback([eo] { run_eval(*eo); });
 

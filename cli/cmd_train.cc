@@ -43,9 +43,10 @@ void register_train_commands(CLI::App& app) {
     }
     if (!options->path.empty() || resume->empty()) cfg = options->load();
     const trainer::TrainResult r = trainer::train(cfg, provenance, checkpoint);
-    fmt::print("done: {} steps, loss {:.4f} -> {:.4f}", r.steps, r.first_loss, r.last_loss);
+    fmt::print("done: {} steps, loss {:.6g} -> {:.6g}", r.steps, r.first_loss, r.last_loss);
     if (r.evaluated) {
-      fmt::print(", eval loss {:.4f}, retrieval accuracy {:.1f}%", r.eval.loss, 100 * r.eval.retrieval_accuracy);
+      fmt::print(", eval loss {:.6g} ({}, {} tokens), retrieval accuracy {:.2f}%", r.eval.loss,
+                 trainer::eval_scope(r.eval), r.eval.tokens, 100 * r.eval.retrieval_accuracy);
     }
     fmt::print("\n");
   });

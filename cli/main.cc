@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   cadtrain::cli::register_data_commands(app);
   cadtrain::cli::register_config_commands(app);
   cadtrain::cli::register_plan_commands(app);
+  cadtrain::cli::register_calibrate_command(app);
   cadtrain::cli::register_merge_commands(app);
   cadtrain::cli::register_distill_commands(app);
   try {

@@ -1,7 +1,8 @@
-// Packer: fills micro-batches from each epoch's document order (see data/packing.h).
+// Packer: best-fit packs each window of an epoch's document order into micro-batches
+// (see data/packing.h).
 #include "data/packing.h"
 
-#include <algorithm>  // std::min
+#include <algorithm>  // std::min, std::sort, std::stable_sort
 #include <cstddef>    // ptrdiff_t
 #include <cstdint>    // token ids, offsets
 #include <limits>     // int32 range of positions and cu_seqlens
@@ -26,6 +27,7 @@ void validate_options(const PackerOptions& options) {
     fail("tokens_per_micro_batch {} exceeds the int32 range of cu_seqlens",
          options.tokens_per_micro_batch);
   }
+  if (options.window_micro_batches == 0) fail("window_micro_batches must be > 0");
   if (options.world == 0) fail("world must be > 0");
   if (options.rank >= options.world) {
     fail("rank {} must be < world {}", options.rank, options.world);
@@ -45,16 +47,6 @@ void epoch_order(uint64_t n_docs, const PackerOptions& options, uint64_t epoch,
   if (!options.shuffle) return;
   Rng rng(options.seed, epoch);
   for (uint64_t i = n_docs; i > 1; --i) std::swap((*order)[i - 1], (*order)[rng.below(i)]);
-}
-
-// Moves past the document at the cursor, into the next epoch after the last one.
-void next_document(uint64_t n_docs, const PackerOptions& options, PackerPosition* pos,
-                   std::vector<uint64_t>* order) {
-  pos->token_offset = 0;
-  if (++pos->doc_cursor < n_docs) return;
-  pos->doc_cursor = 0;
-  ++pos->epoch;
-  epoch_order(n_docs, options, pos->epoch, order);
 }
 
 // Appends tokens [offset, offset + take) of document doc, with their next-token targets.
@@ -89,6 +81,7 @@ void append_piece(const Dataset& dataset, uint64_t doc, uint64_t offset, uint64_
   for (uint64_t i = 0; i < take; ++i) out->positions.push_back(static_cast<int32_t>(offset + i));
   out->cu_seqlens.push_back(static_cast<int32_t>(n + take));
   out->doc_ids.push_back(doc);
+  if (offset > 0) out->cut_tokens += take;
 }
 
 MicroBatch empty_batch(uint64_t tokens) {
@@ -102,53 +95,114 @@ MicroBatch empty_batch(uint64_t tokens) {
   return batch;
 }
 
-// The position's token index within its epoch: the documents before the cursor plus the offset.
-uint64_t tokens_into_epoch(const Dataset& dataset, const std::vector<uint64_t>& order,
-                           const PackerPosition& position) {
-  uint64_t tokens = position.token_offset;
-  for (uint64_t i = 0; i < position.doc_cursor; ++i) tokens += dataset.doc_length(order[i]);
-  return tokens;
+// The windows of one epoch (see packing.h): the first window starts at order index 0; a window
+// takes documents until it holds window_tokens or the epoch ends.
+uint64_t window_end(const Dataset& dataset, const std::vector<uint64_t>& order, uint64_t start,
+                    uint64_t window_tokens) {
+  uint64_t tokens = 0;
+  uint64_t end = start;
+  while (end < order.size() && tokens < window_tokens) tokens += dataset.doc_length(order[end++]);
+  return end;
 }
 
-// A saved position must be one this dataset and micro-batch size can reach: the cursor and offset
-// inside the epoch's order, and exactly micro_batches * tokens_per_micro_batch tokens consumed
-// (which catches a position saved for another dataset or another batch size).
-void validate_position(const Dataset& dataset, const PackerOptions& options,
-                       const std::vector<uint64_t>& order, const PackerPosition& position) {
+// Best-fit decreasing over the window's documents (and the pieces of cut ones): longest first,
+// each into the open micro-batch whose free space it fills most tightly, else a new one. Emitted
+// in the order of each micro-batch's earliest (order index, offset); inside one, in that order.
+Packer::Plan pack_window(const Dataset& dataset, const PackerOptions& options,
+                  const std::vector<uint64_t>& order, uint64_t begin, uint64_t end) {
+  const uint64_t capacity = options.tokens_per_micro_batch;
+  struct Item {
+    Packer::Piece piece;
+    uint64_t index;  // in the epoch's order
+  };
+  std::vector<Item> items;
+  for (uint64_t i = begin; i < end; ++i) {
+    const uint64_t doc = order[i];
+    const uint64_t length = dataset.doc_length(doc);
+    if (length > capacity && !options.cut_long_documents) {
+      fail("document {} has {} tokens, more than tokens_per_micro_batch {}, and this attention "
+           "strategy does not cut documents: raise data.tokens_per_micro_batch",
+           doc, length, capacity);
+    }
+    for (uint64_t offset = 0; offset < length; offset += capacity) {
+      items.push_back({{doc, offset, std::min(capacity, length - offset)}, i});
+    }
+  }
+  const auto earlier = [](const Item& a, const Item& b) {
+    return a.index != b.index ? a.index < b.index : a.piece.offset < b.piece.offset;
+  };
+  std::stable_sort(items.begin(), items.end(), [&](const Item& a, const Item& b) {
+    return a.piece.length != b.piece.length ? a.piece.length > b.piece.length : earlier(a, b);
+  });
+  std::vector<std::vector<Item>> bins;
+  std::vector<uint64_t> free;
+  for (const Item& item : items) {
+    size_t best = bins.size();
+    for (size_t b = 0; b < bins.size(); ++b) {
+      if (free[b] >= item.piece.length && (best == bins.size() || free[b] < free[best])) best = b;
+    }
+    if (best == bins.size()) {
+      bins.emplace_back();
+      free.push_back(capacity);
+    }
+    bins[best].push_back(item);
+    free[best] -= item.piece.length;
+  }
+  for (auto& bin : bins) std::sort(bin.begin(), bin.end(), earlier);
+  std::sort(bins.begin(), bins.end(),
+            [&](const auto& a, const auto& b) { return earlier(a.front(), b.front()); });
+  Packer::Plan out(bins.size());
+  for (size_t b = 0; b < bins.size(); ++b) {
+    for (const Item& item : bins[b]) out[b].push_back(item.piece);
+  }
+  return out;
+}
+
+// A saved position must be one this dataset and these options can reach: doc_cursor at the start
+// of a window of the epoch's order, batch_in_window inside that window's plan, and at least as
+// many micro-batches emitted as the epochs before and the windows before need (an epoch needs at
+// least num_tokens / tokens_per_micro_batch), which catches most positions saved for another
+// dataset or another micro-batch size. Returns the window's end.
+uint64_t validate_position(const Dataset& dataset, const PackerOptions& options,
+                           const std::vector<uint64_t>& order, const PackerPosition& position) {
   const uint64_t n_docs = dataset.num_docs();
   if (position.doc_cursor >= n_docs) {
     fail("doc_cursor {} is out of range ({} documents)", position.doc_cursor, n_docs);
   }
-  const uint64_t doc = order[position.doc_cursor];
-  const uint64_t length = dataset.doc_length(doc);
-  if (position.token_offset > 0 && position.token_offset >= length) {
-    fail("token_offset {} is out of range: document {} (doc_cursor {}) has {} tokens",
-         position.token_offset, doc, position.doc_cursor, length);
+  const uint64_t window_tokens = options.tokens_per_micro_batch * options.window_micro_batches;
+  uint64_t start = 0;
+  uint64_t previous = 0;
+  uint64_t batches_before = 0;  // micro-batches of this epoch's windows before doc_cursor
+  while (start < position.doc_cursor) {
+    const uint64_t end = window_end(dataset, order, start, window_tokens);
+    batches_before += pack_window(dataset, options, order, start, end).size();
+    previous = start;
+    start = end;
   }
-  const uint128_t consumed =
-      static_cast<uint128_t>(position.micro_batches) * options.tokens_per_micro_batch;
-  if (consumed > std::numeric_limits<uint64_t>::max()) {
-    fail("micro_batches {} is out of range: {} tokens each overflow a 64-bit token count",
-         position.micro_batches, options.tokens_per_micro_batch);
+  if (start != position.doc_cursor) {
+    fail("doc_cursor {} is not the start of a packing window (windows of at least {} tokens "
+         "start at {} and {})",
+         position.doc_cursor, window_tokens, previous, start);
   }
-  const uint64_t n_tokens = dataset.num_tokens();
-  const uint64_t consumed_u64 = static_cast<uint64_t>(consumed);
-  if (position.epoch > consumed_u64 / n_tokens) {
-    fail(
-        "epoch {} is out of range: {} micro-batches of {} tokens reach only epoch {} ({} tokens "
-        "per epoch)",
-        position.epoch, position.micro_batches, options.tokens_per_micro_batch,
-        consumed_u64 / n_tokens, n_tokens);
+  const uint64_t end = window_end(dataset, order, start, window_tokens);
+  const uint64_t in_window = pack_window(dataset, options, order, start, end).size();
+  if (position.batch_in_window >= in_window) {
+    fail("batch_in_window {} is out of range: the window at doc_cursor {} packs into {} "
+         "micro-batches",
+         position.batch_in_window, position.doc_cursor, in_window);
   }
-  const uint64_t expected = consumed_u64 - position.epoch * n_tokens;
-  const uint64_t actual = tokens_into_epoch(dataset, order, position);
-  if (actual != expected) {
-    fail(
-        "micro_batches {} does not match the position: {} micro-batches of {} tokens end at token "
-        "{} of epoch {}, but doc_cursor {} with token_offset {} is at token {}",
-        position.micro_batches, position.micro_batches, options.tokens_per_micro_batch, expected,
-        position.epoch, position.doc_cursor, position.token_offset, actual);
+  const uint64_t per_epoch = (dataset.num_tokens() + options.tokens_per_micro_batch - 1) /
+                             options.tokens_per_micro_batch;
+  const uint128_t needed = static_cast<uint128_t>(position.epoch) * per_epoch + batches_before +
+                           position.batch_in_window;
+  if (position.micro_batches < needed) {
+    fail("micro_batches {} does not match the position: epoch {}, doc_cursor {}, "
+         "batch_in_window {} need at least {} micro-batches of {} tokens",
+         position.micro_batches, position.epoch, position.doc_cursor, position.batch_in_window,
+         static_cast<uint64_t>(std::min<uint128_t>(needed, ~uint64_t{0})),
+         options.tokens_per_micro_batch);
   }
+  return end;
 }
 
 }  // namespace
@@ -163,17 +217,27 @@ MicroBatch Packer::next() {
   require_tokens(dataset_);
   // A failed read leaves the stream where it was, so a caller that handles the Error can retry.
   const PackerPosition saved = pos_;
+  const Plan saved_plan = plan_;
+  const uint64_t saved_end = window_end_;
   try {
-    while (pos_.micro_batches % options_.world != options_.rank) fill(nullptr);
+    if (plan_.empty()) {
+      with_context(fmt::format("{}: packer", dataset_.path()), [&] { plan_window(); });
+    }
+    while (pos_.micro_batches % options_.world != options_.rank) advance();
     MicroBatch batch = empty_batch(options_.tokens_per_micro_batch);
-    fill(&batch);
+    for (const Piece& piece : plan_[pos_.batch_in_window]) {
+      append_piece(dataset_, piece.doc, piece.offset, piece.length, &batch);
+    }
+    advance();
     // Skipping the rest of the round now makes every rank report the same position after the
     // same number of steps, so any rank's saved position resumes all of them.
-    while (pos_.micro_batches % options_.world != 0) fill(nullptr);
+    while (pos_.micro_batches % options_.world != 0) advance();
     return batch;
   } catch (...) {
     if (pos_.epoch != saved.epoch) epoch_order(dataset_.num_docs(), options_, saved.epoch, &order_);
     pos_ = saved;
+    plan_ = saved_plan;
+    window_end_ = saved_end;
     throw;
   }
 }
@@ -188,23 +252,31 @@ void Packer::restore(const PackerPosition& position) {
                [&] { validate_position(dataset_, options_, order, position); });
   pos_ = position;
   order_ = std::move(order);
+  plan_.clear();  // planned again by the next call to next()
 }
 
-// Skipping (out == nullptr) walks the same document lengths without reading any token, so a rank
-// passes over the other ranks' micro-batches at the cost of a few additions each.
-void Packer::fill(MicroBatch* out) {
-  const uint64_t n_docs = dataset_.num_docs();
-  uint64_t space = options_.tokens_per_micro_batch;
-  while (space > 0) {
-    const uint64_t doc = order_[pos_.doc_cursor];
-    const uint64_t length = dataset_.doc_length(doc);
-    const uint64_t take = std::min(length - pos_.token_offset, space);
-    if (take > 0 && out != nullptr) append_piece(dataset_, doc, pos_.token_offset, take, out);
-    space -= take;
-    pos_.token_offset += take;
-    if (pos_.token_offset == length) next_document(n_docs, options_, &pos_, &order_);
-  }
+// Skipping a micro-batch reads no token: a rank passes over the other ranks' micro-batches at the
+// cost of planning their windows from document lengths.
+void Packer::advance() {
   ++pos_.micro_batches;
+  ++pos_.batch_in_window;
+  // A window at the end of an epoch may hold only empty documents: plan until one has a batch.
+  while (pos_.batch_in_window >= plan_.size()) {
+    pos_.batch_in_window = 0;
+    pos_.doc_cursor = window_end_;
+    if (pos_.doc_cursor == dataset_.num_docs()) {
+      pos_.doc_cursor = 0;
+      ++pos_.epoch;
+      epoch_order(dataset_.num_docs(), options_, pos_.epoch, &order_);
+    }
+    plan_window();
+  }
+}
+
+void Packer::plan_window() {
+  const uint64_t window_tokens = options_.tokens_per_micro_batch * options_.window_micro_batches;
+  window_end_ = window_end(dataset_, order_, pos_.doc_cursor, window_tokens);
+  plan_ = pack_window(dataset_, options_, order_, pos_.doc_cursor, window_end_);
 }
 
 }  // namespace cadtrain::data

@@ -103,7 +103,7 @@ void expect_same_state(const TrainingState& a, const TrainingState& b) {
   EXPECT_EQ(a.step, b.step);
   EXPECT_EQ(a.data_position.epoch, b.data_position.epoch);
   EXPECT_EQ(a.data_position.doc_cursor, b.data_position.doc_cursor);
-  EXPECT_EQ(a.data_position.token_offset, b.data_position.token_offset);
+  EXPECT_EQ(a.data_position.batch_in_window, b.data_position.batch_in_window);
   EXPECT_EQ(a.data_position.micro_batches, b.data_position.micro_batches);
   EXPECT_EQ(a.config_text, b.config_text);
 }

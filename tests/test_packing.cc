@@ -1,5 +1,6 @@
-// Tests of document packing: a hand-worked stream, coverage of every (document, position) once per
-// epoch, shuffling, resume from a saved position, data-parallel ranks, and invalid positions.
+// Tests of document packing: a hand-worked best-fit stream, whole documents never cut, coverage of
+// every (document, position) once per epoch, shuffling, resume from a saved position,
+// data-parallel ranks, and invalid positions.
 #include <gtest/gtest.h>
 #include <unistd.h>  // getpid: unique temp directories when test binaries run in parallel
 
@@ -103,6 +104,7 @@ void expect_same(const MicroBatch& a, const MicroBatch& b, const std::string& wh
   EXPECT_EQ(a.positions, b.positions);
   EXPECT_EQ(a.cu_seqlens, b.cu_seqlens);
   EXPECT_EQ(a.doc_ids, b.doc_ids);
+  EXPECT_EQ(a.cut_tokens, b.cut_tokens);
 }
 
 std::string error_of(const std::function<void()>& fn) {
@@ -130,62 +132,135 @@ std::vector<uint64_t> doc_order(Packer& packer, uint64_t n_tokens) {
 }
 
 TEST_F(PackingTest, HandWorkedStream) {
-  // doc0 [10..14], doc1 empty, doc2 [20], doc3 [30..40]; answer-mask ones on 11, 20, 32, 40.
+  // Micro-batches of 8: A [10..14], an empty document, C [20], D [30..40] (longer than 8),
+  // E [50..52], F [60..65]; answer-mask ones on 11, 20, 32, 39 and 40. One window holds them all.
+  // Best-fit decreasing places D's first 8 tokens, F (6), A (5), D's last 3 (with A: 5 + 3 = 8),
+  // E (3), C (1, with F: the tightest fit); micro-batches go out in the order of their earliest
+  // document: [A, D 8..10], [C, F], [D 0..7], [E].
   const std::vector<Doc> docs = {
       make_doc({10, 11, 12, 13, 14}, {0, 1, 0, 0, 0}),
       make_doc({}),
       make_doc({20}, {1}),
-      make_doc({30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40}, {0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1}),
+      make_doc({30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40}, {0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 1}),
+      make_doc({50, 51, 52}),
+      make_doc({60, 61, 62, 63, 64, 65}),
   };
   const Dataset dataset = Dataset::open(write("hand.h5", docs, true));
-  Packer packer(dataset, options(4, false));
+  Packer packer(dataset, options(8, false));
 
   const MicroBatch b0 = packer.next();
-  EXPECT_EQ(b0.tokens, (std::vector<uint32_t>{10, 11, 12, 13}));
-  EXPECT_EQ(b0.targets, (std::vector<uint32_t>{11, 12, 13, 14}));
-  EXPECT_EQ(b0.loss_mask, (std::vector<float>{1, 1, 1, 1}));
-  EXPECT_EQ(b0.is_answer, (std::vector<uint8_t>{1, 0, 0, 0}));
-  EXPECT_EQ(b0.positions, (std::vector<int32_t>{0, 1, 2, 3}));
-  EXPECT_EQ(b0.cu_seqlens, (std::vector<int32_t>{0, 4}));
-  EXPECT_EQ(b0.doc_ids, (std::vector<uint64_t>{0}));
+  EXPECT_EQ(b0.tokens, (std::vector<uint32_t>{10, 11, 12, 13, 14, 38, 39, 40}));
+  EXPECT_EQ(b0.targets, (std::vector<uint32_t>{11, 12, 13, 14, 0, 39, 40, 0}));
+  EXPECT_EQ(b0.loss_mask, (std::vector<float>{1, 1, 1, 1, 0, 1, 1, 0}));
+  EXPECT_EQ(b0.is_answer, (std::vector<uint8_t>{1, 0, 0, 0, 0, 1, 1, 0}));
+  EXPECT_EQ(b0.positions, (std::vector<int32_t>{0, 1, 2, 3, 4, 8, 9, 10}));
+  EXPECT_EQ(b0.cu_seqlens, (std::vector<int32_t>{0, 5, 8}));
+  EXPECT_EQ(b0.doc_ids, (std::vector<uint64_t>{0, 3}));
+  EXPECT_EQ(b0.cut_tokens, 3u);  // D's last piece cannot see its first 8 tokens
 
-  // doc0's last token, the one-token doc2 (nothing to predict), the start of doc3.
+  // The one-token C has nothing to predict; the micro-batch is 7 tokens, not padded.
   const MicroBatch b1 = packer.next();
-  EXPECT_EQ(b1.tokens, (std::vector<uint32_t>{14, 20, 30, 31}));
-  EXPECT_EQ(b1.targets, (std::vector<uint32_t>{0, 0, 31, 32}));
-  EXPECT_EQ(b1.loss_mask, (std::vector<float>{0, 0, 1, 1}));
-  EXPECT_EQ(b1.is_answer, (std::vector<uint8_t>{0, 0, 0, 1}));
-  EXPECT_EQ(b1.positions, (std::vector<int32_t>{4, 0, 0, 1}));
-  EXPECT_EQ(b1.cu_seqlens, (std::vector<int32_t>{0, 1, 2, 4}));
-  EXPECT_EQ(b1.doc_ids, (std::vector<uint64_t>{0, 2, 3}));
+  EXPECT_EQ(b1.tokens, (std::vector<uint32_t>{20, 60, 61, 62, 63, 64, 65}));
+  EXPECT_EQ(b1.targets, (std::vector<uint32_t>{0, 61, 62, 63, 64, 65, 0}));
+  EXPECT_EQ(b1.loss_mask, (std::vector<float>{0, 1, 1, 1, 1, 1, 0}));
+  EXPECT_EQ(b1.is_answer, (std::vector<uint8_t>{0, 0, 0, 0, 0, 0, 0}));
+  EXPECT_EQ(b1.positions, (std::vector<int32_t>{0, 0, 1, 2, 3, 4, 5}));
+  EXPECT_EQ(b1.cu_seqlens, (std::vector<int32_t>{0, 1, 7}));
+  EXPECT_EQ(b1.doc_ids, (std::vector<uint64_t>{2, 5}));
+  EXPECT_EQ(b1.cut_tokens, 0u);
 
   const MicroBatch b2 = packer.next();
-  EXPECT_EQ(b2.tokens, (std::vector<uint32_t>{32, 33, 34, 35}));
-  EXPECT_EQ(b2.targets, (std::vector<uint32_t>{33, 34, 35, 36}));
-  EXPECT_EQ(b2.positions, (std::vector<int32_t>{2, 3, 4, 5}));
+  EXPECT_EQ(b2.tokens, (std::vector<uint32_t>{30, 31, 32, 33, 34, 35, 36, 37}));
+  EXPECT_EQ(b2.targets, (std::vector<uint32_t>{31, 32, 33, 34, 35, 36, 37, 38}));
+  EXPECT_EQ(b2.loss_mask, (std::vector<float>{1, 1, 1, 1, 1, 1, 1, 1}));
+  EXPECT_EQ(b2.is_answer, (std::vector<uint8_t>{0, 1, 0, 0, 0, 0, 0, 0}));
+  EXPECT_EQ(b2.positions, (std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6, 7}));
   EXPECT_EQ(b2.doc_ids, (std::vector<uint64_t>{3}));
+  EXPECT_EQ(b2.cut_tokens, 0u);
 
   const MicroBatch b3 = packer.next();
-  EXPECT_EQ(b3.tokens, (std::vector<uint32_t>{36, 37, 38, 39}));
-  EXPECT_EQ(b3.targets, (std::vector<uint32_t>{37, 38, 39, 40}));
-  EXPECT_EQ(b3.loss_mask, (std::vector<float>{1, 1, 1, 1}));
-  EXPECT_EQ(b3.is_answer, (std::vector<uint8_t>{0, 0, 0, 1}));
+  EXPECT_EQ(b3.tokens, (std::vector<uint32_t>{50, 51, 52}));
+  EXPECT_EQ(b3.targets, (std::vector<uint32_t>{51, 52, 0}));
+  EXPECT_EQ(b3.cu_seqlens, (std::vector<int32_t>{0, 3}));
 
-  // doc3's last token ends epoch 0; epoch 1 starts again with doc0 in the same micro-batch.
-  const MicroBatch b4 = packer.next();
-  EXPECT_EQ(b4.tokens, (std::vector<uint32_t>{40, 10, 11, 12}));
-  EXPECT_EQ(b4.targets, (std::vector<uint32_t>{0, 11, 12, 13}));
-  EXPECT_EQ(b4.loss_mask, (std::vector<float>{0, 1, 1, 1}));
-  EXPECT_EQ(b4.is_answer, (std::vector<uint8_t>{0, 1, 0, 0}));
-  EXPECT_EQ(b4.positions, (std::vector<int32_t>{10, 0, 1, 2}));
-  EXPECT_EQ(b4.cu_seqlens, (std::vector<int32_t>{0, 1, 4}));
-  EXPECT_EQ(b4.doc_ids, (std::vector<uint64_t>{3, 0}));
-
+  // The epoch ends with its last micro-batch: the position names epoch 1's first, which (no
+  // shuffle) repeats epoch 0.
   const PackerPosition pos = packer.position();
   EXPECT_EQ(pos.epoch, 1u);
   EXPECT_EQ(pos.doc_cursor, 0u);
-  EXPECT_EQ(pos.token_offset, 3u);
-  EXPECT_EQ(pos.micro_batches, 5u);
+  EXPECT_EQ(pos.batch_in_window, 0u);
+  EXPECT_EQ(pos.micro_batches, 4u);
+  expect_same(packer.next(), b0, "epoch 1");
+}
+
+// A document that fits in a micro-batch is one sequence of one micro-batch, whole, from position
+// 0; only documents longer than a micro-batch are cut, and their cut tokens are counted.
+TEST_F(PackingTest, DocumentsThatFitAreNeverCut) {
+  const std::vector<Doc> docs = random_docs(21, 80);
+  const Dataset dataset = Dataset::open(write("whole.h5", docs, false));
+  constexpr uint64_t kTokens = 48;
+  Packer packer(dataset, options(kTokens, true, 5));
+  std::map<uint64_t, int> sequences;  // per document
+  uint64_t cut = 0;
+  while (packer.position().epoch == 0) {
+    const MicroBatch b = packer.next();
+    cut += b.cut_tokens;
+    for (size_t s = 0; s < b.doc_ids.size(); ++s) {
+      const uint64_t length = docs[b.doc_ids[s]].tokens.size();
+      const auto n = static_cast<uint64_t>(b.cu_seqlens[s + 1] - b.cu_seqlens[s]);
+      ++sequences[b.doc_ids[s]];
+      if (length <= kTokens) {
+        EXPECT_EQ(n, length) << "document " << b.doc_ids[s] << " was cut";
+        EXPECT_EQ(b.positions[static_cast<size_t>(b.cu_seqlens[s])], 0);
+      }
+    }
+  }
+  uint64_t expected_cut = 0;
+  for (uint64_t d = 0; d < docs.size(); ++d) {
+    const uint64_t length = docs[d].tokens.size();
+    if (length == 0) continue;
+    EXPECT_EQ(sequences[d], length <= kTokens ? 1 : static_cast<int>((length + kTokens - 1) / kTokens))
+        << "document " << d << " of " << length << " tokens";
+    if (length > kTokens) expected_cut += length - kTokens;
+  }
+  EXPECT_GT(expected_cut, 0u);  // the corpus has long documents
+  EXPECT_EQ(cut, expected_cut);
+}
+
+// Lengths that pair up exactly (7 + 3, 6 + 4, 5 + 5, in an order that sequential packing would
+// cut): best fit fills every micro-batch completely.
+TEST_F(PackingTest, BestFitFillsMicroBatchesWherePiecesFit) {
+  std::vector<Doc> docs;
+  uint32_t next = 1;
+  for (const uint32_t length : {7, 6, 5, 3, 4, 5, 7, 6, 4, 3}) {
+    Doc doc;
+    for (uint32_t i = 0; i < length; ++i) doc.tokens.push_back(next++);
+    doc.mask.assign(length, 0);
+    docs.push_back(doc);
+  }
+  const Dataset dataset = Dataset::open(write("pairs.h5", docs, false));
+  Packer packer(dataset, options(10, false));
+  for (int i = 0; i < 5; ++i) {
+    const MicroBatch b = packer.next();
+    EXPECT_EQ(b.tokens.size(), 10u) << "micro-batch " << i;
+    EXPECT_EQ(b.doc_ids.size(), 2u) << "micro-batch " << i;
+  }
+  EXPECT_EQ(packer.position().epoch, 1u);
+}
+
+TEST_F(PackingTest, LongDocumentIsAnErrorWhenCuttingIsOff) {
+  const std::vector<Doc> docs = {make_doc({1, 2, 3}), make_doc({4, 5, 6, 7, 8, 9})};
+  const Dataset dataset = Dataset::open(write("long.h5", docs, false));
+  PackerOptions o = options(4, false);
+  o.cut_long_documents = false;
+  Packer packer(dataset, o);
+  const std::string message = error_of([&] { packer.next(); });
+  EXPECT_NE(message.find("document 1 has 6 tokens"), std::string::npos) << message;
+  EXPECT_NE(message.find(dataset.path()), std::string::npos) << message;
+  o.tokens_per_micro_batch = 6;
+  Packer fits(dataset, o);
+  EXPECT_EQ(fits.next().tokens, (std::vector<uint32_t>{1, 2, 3}));
+  EXPECT_EQ(fits.next().tokens, (std::vector<uint32_t>{4, 5, 6, 7, 8, 9}));
 }
 
 TEST_F(PackingTest, WithoutAnswerMaskNothingIsAnAnswer) {
@@ -196,8 +271,8 @@ TEST_F(PackingTest, WithoutAnswerMaskNothingIsAnAnswer) {
   }
 }
 
-// Every micro-batch is exactly full and self-consistent; over one epoch every (doc, position)
-// appears exactly once, with the dataset's own tokens, targets, mask and answer flags.
+// Every micro-batch holds 1 to tokens_per_micro_batch tokens and is self-consistent; over one
+// epoch (which ends with a micro-batch of its own) every (doc, position) appears exactly once, with the dataset's own tokens, targets, mask and answer flags.
 TEST_F(PackingTest, OneEpochCoversEveryTokenOnce) {
   const std::vector<Doc> docs = random_docs(7, 60);
   const Dataset dataset = Dataset::open(write("cover.h5", docs, true));
@@ -206,21 +281,22 @@ TEST_F(PackingTest, OneEpochCoversEveryTokenOnce) {
   Packer packer(dataset, options(kTokens, true, 11));
   std::map<std::pair<uint64_t, int32_t>, int> seen;
   uint64_t emitted = 0;
-  while (emitted < n_tokens) {
+  while (packer.position().epoch == 0) {
     const MicroBatch b = packer.next();
-    ASSERT_EQ(b.tokens.size(), kTokens);
-    ASSERT_EQ(b.targets.size(), kTokens);
-    ASSERT_EQ(b.loss_mask.size(), kTokens);
-    ASSERT_EQ(b.is_answer.size(), kTokens);
-    ASSERT_EQ(b.positions.size(), kTokens);
+    const size_t n = b.tokens.size();
+    ASSERT_GE(n, 1u);
+    ASSERT_LE(n, kTokens);
+    ASSERT_EQ(b.targets.size(), n);
+    ASSERT_EQ(b.loss_mask.size(), n);
+    ASSERT_EQ(b.is_answer.size(), n);
+    ASSERT_EQ(b.positions.size(), n);
     ASSERT_EQ(b.cu_seqlens.front(), 0);
-    ASSERT_EQ(b.cu_seqlens.back(), static_cast<int32_t>(kTokens));
+    ASSERT_EQ(b.cu_seqlens.back(), static_cast<int32_t>(n));
     ASSERT_EQ(b.doc_ids.size() + 1, b.cu_seqlens.size());
     for (size_t s = 0; s < b.doc_ids.size(); ++s) {
       ASSERT_LT(b.cu_seqlens[s], b.cu_seqlens[s + 1]);
       const Doc& doc = docs[b.doc_ids[s]];
-      for (int32_t i = b.cu_seqlens[s]; i < b.cu_seqlens[s + 1] && emitted < n_tokens;
-           ++i, ++emitted) {
+      for (int32_t i = b.cu_seqlens[s]; i < b.cu_seqlens[s + 1]; ++i, ++emitted) {
         const auto at = static_cast<size_t>(i);
         const auto p = static_cast<size_t>(b.positions[at]);
         ASSERT_LT(p, doc.tokens.size());
@@ -236,23 +312,40 @@ TEST_F(PackingTest, OneEpochCoversEveryTokenOnce) {
       }
     }
   }
+  EXPECT_EQ(emitted, n_tokens);
   EXPECT_EQ(seen.size(), n_tokens);
   for (const auto& [key, count] : seen) {
     EXPECT_EQ(count, 1) << "doc " << key.first << " pos " << key.second;
   }
 }
 
-TEST_F(PackingTest, NoShuffleIsFileOrder) {
+// Without shuffling every epoch is the same stream, and windows follow the file: a window small
+// enough to hold a few documents keeps every document within a few places of its file position.
+TEST_F(PackingTest, NoShuffleRepeatsEachEpochInFileOrderWindows) {
   const std::vector<Doc> docs = random_docs(5, 40);
   const Dataset dataset = Dataset::open(write("order.h5", docs, false));
-  Packer packer(dataset, options(24, false));
+  PackerOptions o = options(24, false);
+  o.window_micro_batches = 1;
+  Packer packer(dataset, o);
+  std::vector<MicroBatch> epoch0;
+  while (packer.position().epoch == 0) epoch0.push_back(packer.next());
+  for (size_t i = 0; i < epoch0.size(); ++i) {
+    expect_same(packer.next(), epoch0[i], fmt::format("epoch 1 batch {}", i));
+  }
+  Packer again(dataset, o);
+  const std::vector<uint64_t> order = doc_order(again, dataset.num_tokens());
   std::vector<uint64_t> expected;
   for (uint64_t d = 0; d < docs.size(); ++d) {
     if (!docs[d].tokens.empty()) expected.push_back(d);
   }
-  std::vector<uint64_t> two_epochs = expected;
-  two_epochs.insert(two_epochs.end(), expected.begin(), expected.end());
-  EXPECT_EQ(doc_order(packer, 2 * dataset.num_tokens()), two_epochs);
+  std::vector<uint64_t> sorted = order;
+  std::sort(sorted.begin(), sorted.end());
+  EXPECT_EQ(sorted, expected);
+  for (size_t i = 0; i < order.size(); ++i) {
+    const auto place = static_cast<size_t>(
+        std::find(expected.begin(), expected.end(), order[i]) - expected.begin());
+    EXPECT_LE(place > i ? place - i : i - place, 6u) << "document " << order[i];
+  }
 }
 
 TEST_F(PackingTest, ShuffleIsDeterministicPerSeedAndEpoch) {
@@ -314,11 +407,12 @@ TEST_F(PackingTest, RanksInterleaveToTheSingleRankStream) {
   // rank at its own next micro-batch.
   const PackerPosition saved = ranks[1].position();
   EXPECT_EQ(saved.micro_batches, 60u);
+  EXPECT_GT(saved.epoch, 0u);  // the 60 micro-batches crossed an epoch boundary
   for (uint32_t r = 0; r < kWorld; ++r) {
     const PackerPosition p = ranks[r].position();
     EXPECT_EQ(p.epoch, saved.epoch);
     EXPECT_EQ(p.doc_cursor, saved.doc_cursor);
-    EXPECT_EQ(p.token_offset, saved.token_offset);
+    EXPECT_EQ(p.batch_in_window, saved.batch_in_window);
     EXPECT_EQ(p.micro_batches, saved.micro_batches);
   }
   for (uint32_t r = 0; r < kWorld; ++r) {
@@ -332,23 +426,33 @@ TEST_F(PackingTest, RanksInterleaveToTheSingleRankStream) {
 }
 
 TEST_F(PackingTest, RestoreRejectsImpossiblePositions) {
+  // Micro-batches of 4, windows of at least 4 tokens: [doc0 (5 tokens)] packs into 2 micro-batches
+  // (its first 4 tokens, then the last one), [the empty doc1, doc2] into 1; 3 per epoch.
   const std::vector<Doc> docs = {make_doc({1, 2, 3, 4, 5}), make_doc({}), make_doc({6, 7, 8})};
   const Dataset dataset = Dataset::open(write("bad.h5", docs, false));
-  Packer packer(dataset, options(4, false));
+  PackerOptions o = options(4, false);
+  o.window_micro_batches = 1;
+  Packer packer(dataset, o);
   auto restore_error = [&](PackerPosition p) { return error_of([&] { packer.restore(p); }); };
 
   EXPECT_NE(restore_error({0, 3, 0, 0}).find("doc_cursor 3 is out of range"), std::string::npos);
-  EXPECT_NE(restore_error({0, 0, 5, 0}).find("token_offset 5 is out of range"), std::string::npos);
-  EXPECT_NE(restore_error({0, 1, 1, 0}).find("token_offset 1"), std::string::npos);  // empty doc
-  EXPECT_NE(restore_error({3, 0, 0, 2}).find("epoch 3 is out of range"), std::string::npos);
-  EXPECT_NE(restore_error({0, 0, 2, 1}).find("micro_batches 1 does not match"), std::string::npos);
-  EXPECT_NE(restore_error({0, 0, 0, ~uint64_t{0}}).find("micro_batches"), std::string::npos);
+  EXPECT_NE(restore_error({0, 2, 0, 2}).find("doc_cursor 2 is not the start of a packing window"),
+            std::string::npos);
+  EXPECT_NE(restore_error({0, 0, 2, 2}).find("batch_in_window 2 is out of range"),
+            std::string::npos);
+  EXPECT_NE(restore_error({0, 1, 1, 3}).find("batch_in_window 1 is out of range"),
+            std::string::npos);
+  EXPECT_NE(restore_error({0, 1, 0, 1}).find("micro_batches 1 does not match"), std::string::npos);
+  EXPECT_NE(restore_error({3, 0, 0, 2}).find("micro_batches 2 does not match"), std::string::npos);
+  EXPECT_NE(restore_error({~uint64_t{0}, 0, 0, 5}).find("micro_batches 5"), std::string::npos);
   EXPECT_NE(restore_error({0, 3, 0, 0}).find(dataset.path()), std::string::npos);
 
   // A failed restore leaves the packer where it was; a valid one is accepted.
   EXPECT_EQ(packer.next().tokens, (std::vector<uint32_t>{1, 2, 3, 4}));
-  packer.restore({1, 0, 0, 2});  // 2 micro-batches of 4 tokens: exactly one epoch of 8 tokens
-  EXPECT_EQ(packer.next().tokens, (std::vector<uint32_t>{1, 2, 3, 4}));
+  packer.restore({0, 1, 0, 2});
+  EXPECT_EQ(packer.next().tokens, (std::vector<uint32_t>{6, 7, 8}));
+  packer.restore({1, 0, 1, 4});
+  EXPECT_EQ(packer.next().tokens, (std::vector<uint32_t>{5}));
 }
 
 TEST_F(PackingTest, DatasetWithoutTokensIsAnError) {
@@ -370,6 +474,10 @@ TEST_F(PackingTest, InvalidOptionsAreErrors) {
   o.rank = 2;
   o.world = 2;
   EXPECT_NE(error_of([&] { Packer p(dataset, o); }).find("rank 2 must be < world 2"),
+            std::string::npos);
+  o = options(8, false);
+  o.window_micro_batches = 0;
+  EXPECT_NE(error_of([&] { Packer p(dataset, o); }).find("window_micro_batches"),
             std::string::npos);
 }
 

@@ -14,11 +14,13 @@
 
 #include "common/error.h"
 #include "configs/config.h"
+#include "data/dataset.h"
 #include "kernels/backend.h"
 #include "trainer/checkpoint.h"
 #include "trainer/optimizer.h"
 #include "trainer/parameters.h"
 #include "trainer/session.h"
+#include "trainer/evaluate.h"
 #include "trainer/train_loop.h"
 
 namespace fs = std::filesystem;
@@ -149,6 +151,64 @@ TEST_F(TrainTest, UnsupportedSetupFailsBeforeAnyWork) {
     EXPECT_FALSE(fs::exists(dir_ / "train.h5")) << set;
     EXPECT_FALSE(fs::exists(dir_ / "unsupported")) << set;
   }
+}
+
+TEST_F(TrainTest, FinalEvalIsTheWholeFileAsEvalReportsIt) {
+  // One definition of "eval loss": train's final evaluation and a later `cadtrain eval` of the
+  // saved checkpoint score the same tokens and agree exactly.
+  const trainer::TrainResult r =
+      trainer::train(small_config("final", {"schedule.total_steps=2", "schedule.warmup_steps=1"}), "test", "");
+  ASSERT_TRUE(r.evaluated);
+  EXPECT_TRUE(r.eval.whole_dataset);
+  EXPECT_EQ(trainer::eval_scope(r.eval), "whole file");
+  const data::Dataset eval_ds = data::Dataset::open((dir_ / "eval.h5").string());
+  uint64_t targets = 0;  // every token but each document's last has a next token to score
+  for (uint64_t d = 0; d < eval_ds.num_docs(); ++d) targets += eval_ds.doc_length(d) > 0 ? eval_ds.doc_length(d) - 1 : 0;
+  EXPECT_EQ(r.eval.tokens, targets);
+
+  trainer::LoadedModel m = trainer::load_model((dir_ / "final").string(), 0);
+  const trainer::EvalResult again = trainer::evaluate(*m.session.model, eval_ds, m.cfg.data().tokens_per_micro_batch());
+  EXPECT_EQ(again.loss, r.eval.loss);
+  EXPECT_EQ(again.tokens, r.eval.tokens);
+  EXPECT_EQ(again.answer_correct, r.eval.answer_correct);
+
+  const trainer::EvalResult partial = trainer::evaluate(*m.session.model, eval_ds, m.cfg.data().tokens_per_micro_batch(), 2);
+  EXPECT_FALSE(partial.whole_dataset);
+  EXPECT_EQ(trainer::eval_scope(partial), "first 2 micro-batches");
+  EXPECT_LT(partial.tokens, r.eval.tokens);
+}
+
+TEST_F(TrainTest, EvalLossDoesNotDependOnTheMicroBatchSize) {
+  // Whole documents (the longest is 512 tokens): packing them 512 or 1024 or 2048 to a micro-batch
+  // changes only the summation order, never a token's context.
+  trainer::train(small_config("sizes", {"schedule.total_steps=1", "schedule.warmup_steps=0"}), "test", "");
+  trainer::LoadedModel m = trainer::load_model((dir_ / "sizes").string(), 2048);
+  const data::Dataset eval_ds = data::Dataset::open((dir_ / "eval.h5").string());
+  const trainer::EvalResult base = trainer::evaluate(*m.session.model, eval_ds, 512);
+  EXPECT_EQ(base.cut_tokens, 0u);
+  for (const uint64_t tokens : {1024, 2048}) {
+    const trainer::EvalResult r = trainer::evaluate(*m.session.model, eval_ds, tokens);
+    EXPECT_EQ(r.tokens, base.tokens) << tokens;
+    EXPECT_EQ(r.cut_tokens, 0u);
+    EXPECT_NEAR(r.loss, base.loss, 1e-6 * base.loss) << tokens;
+    EXPECT_EQ(r.answer_tokens, base.answer_tokens);
+  }
+}
+
+TEST_F(TrainTest, StepMetricsReportFillAndCutTokens) {
+  // Micro-batches of 128 with documents up to 512 tokens: whole documents are packed (fill at
+  // most 100%), and the longer ones are cut, counted.
+  trainer::train(small_config("fill", {"schedule.total_steps=6", "data.tokens_per_micro_batch=128"}), "test", "");
+  uint64_t cut = 0;
+  for (const auto& line : step_lines(dir_ / "fill" / "metrics.jsonl")) {
+    const uint64_t tokens = line["tokens"].get<uint64_t>();
+    EXPECT_GT(tokens, 0u);
+    EXPECT_LE(tokens, 256u);  // 2 micro-batches of 128
+    EXPECT_EQ(line["unused_tokens"].get<uint64_t>(), 256u - tokens);
+    EXPECT_DOUBLE_EQ(line["fill"].get<double>(), static_cast<double>(tokens) / 256.0);
+    cut += line["cut_tokens"].get<uint64_t>();
+  }
+  EXPECT_GT(cut, 0u);
 }
 
 namespace {

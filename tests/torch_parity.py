@@ -35,7 +35,7 @@ try:
     import torch.nn.functional as F
 except ImportError as e:  # loud, with the fix
     sys.stderr.write(f"torch_parity: FAILED: cannot import {e.name!r} with {sys.executable}: "
-                     "run launch/install_deps.sh --with-torch (python3-torch, python3-h5py)\n")
+                     "run launch/install_deps.sh (installs python3-torch and python3-h5py)\n")
     sys.exit(1)
 
 LOSS_RTOL = 1e-6

@@ -42,7 +42,7 @@ constexpr const char* kStep = "step";
 constexpr const char* kFormatVersionAttr = "format_version";
 constexpr const char* kDataEpoch = "data_epoch";
 constexpr const char* kDataDocCursor = "data_doc_cursor";
-constexpr const char* kDataTokenOffset = "data_token_offset";
+constexpr const char* kDataBatchInWindow = "data_batch_in_window";
 constexpr const char* kDataMicroBatches = "data_micro_batches";
 constexpr const char* kRunId = "run_id";
 constexpr const char* kMetadataCrc = "metadata_crc64";
@@ -151,7 +151,7 @@ uint64_t metadata_checksum(uint64_t version, const TrainingState& state) {
   Crc64 crc;
   crc.update("cadtrain checkpoint metadata");
   for (const uint64_t v : {version, state.step, state.data_position.epoch, state.data_position.doc_cursor,
-                           state.data_position.token_offset, state.data_position.micro_batches, state.run_id}) {
+                           state.data_position.batch_in_window, state.data_position.micro_batches, state.run_id}) {
     crc.update_u64(v);
   }
   crc.update_u64(state.config_text.size());
@@ -165,7 +165,7 @@ void write_state(hid_t file, const TrainingState& state) {
   write_u64_attribute(file, kStep, &state.step, 1);
   write_u64_attribute(file, kDataEpoch, &pos.epoch, 1);
   write_u64_attribute(file, kDataDocCursor, &pos.doc_cursor, 1);
-  write_u64_attribute(file, kDataTokenOffset, &pos.token_offset, 1);
+  write_u64_attribute(file, kDataBatchInWindow, &pos.batch_in_window, 1);
   write_u64_attribute(file, kDataMicroBatches, &pos.micro_batches, 1);
   write_u64_attribute(file, kRunId, &state.run_id, 1);
   const uint64_t crc = metadata_checksum(kFormatVersion, state);
@@ -374,7 +374,7 @@ TrainingState read_state(hid_t file) {
   state.step = read_u64(file, kStep);
   state.data_position.epoch = read_u64(file, kDataEpoch);
   state.data_position.doc_cursor = read_u64(file, kDataDocCursor);
-  state.data_position.token_offset = read_u64(file, kDataTokenOffset);
+  state.data_position.batch_in_window = read_u64(file, kDataBatchInWindow);
   state.data_position.micro_batches = read_u64(file, kDataMicroBatches);
   state.config_text = version >= 3 ? read_config_bytes(file) : read_config_string(file);
   if (version >= 2) {

@@ -5,7 +5,7 @@
 //
 // File: <dir>/step_<00000123>.h5 with groups /params, /adam_m, /adam_v (one float32 dataset per
 // tensor, named as the model names it, with its shape), attributes step, format_version,
-// data_epoch, data_doc_cursor, data_token_offset, data_micro_batches, run_id (uint64),
+// data_epoch, data_doc_cursor, data_batch_in_window, data_micro_batches, run_id (uint64),
 // metadata_crc64 (uint64: CRC-64 of the attributes above and the config text, which HDF5 stores
 // without a checksum of its own), and a uint8 dataset /config (the effective config, text format,
 // as bytes). Versions 1 (no run_id, no metadata checksum) and 2 stored /config as a

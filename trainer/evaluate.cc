@@ -1,7 +1,8 @@
 // Evaluation over a dataset (see evaluate.h).
 #include "trainer/evaluate.h"
 
-#include <algorithm>
+#include <fmt/format.h>
+
 #include <cmath>
 #include <vector>
 
@@ -16,30 +17,35 @@ EvalResult evaluate(Model& model, const data::Dataset& dataset, uint64_t tokens_
   options.tokens_per_micro_batch = tokens_per_batch;
   options.shuffle = false;
   data::Packer packer(dataset, options);
-  const uint64_t batches = std::min<uint64_t>(max_batches, (dataset.num_tokens() + tokens_per_batch - 1) / tokens_per_batch);
   std::vector<float> row_loss(tokens_per_batch);
   std::vector<uint32_t> row_argmax(tokens_per_batch);
   EvalResult r;
+  if (dataset.num_tokens() == 0) return r;  // scores nothing; callers say so with the dataset's name
   double loss_sum = 0, weight_sum = 0;
-  for (uint64_t b = 0; b < batches; ++b) {
-    data::MicroBatch mb = packer.next();
-    // The stream wraps into a second pass at the end of the dataset: mask what was seen already.
-    const uint64_t fresh = std::min<uint64_t>(tokens_per_batch, dataset.num_tokens() - b * tokens_per_batch);
-    std::fill(mb.loss_mask.begin() + static_cast<std::ptrdiff_t>(fresh), mb.loss_mask.end(), 0.0f);
+  // The packer's first epoch is the whole file, each token once; it ends with its last batch.
+  while (r.micro_batches < max_batches && packer.position().epoch == 0) {
+    const data::MicroBatch mb = packer.next();
     const LossSum loss = model.evaluate(batch_view(mb), row_loss.data(), row_argmax.data());
     loss_sum += loss.loss_sum;
     weight_sum += loss.weight_sum;
-    for (uint64_t i = 0; i < fresh; ++i) {
-      if (mb.loss_mask[i] == 0 || mb.is_answer.empty() || !mb.is_answer[i]) continue;
+    r.cut_tokens += mb.cut_tokens;
+    ++r.micro_batches;
+    for (size_t i = 0; i < mb.tokens.size(); ++i) {
+      if (mb.loss_mask[i] == 0 || !mb.is_answer[i]) continue;
       ++r.answer_tokens;
       r.answer_correct += row_argmax[i] == mb.targets[i] ? 1 : 0;
     }
   }
+  r.whole_dataset = packer.position().epoch > 0;
   r.tokens = static_cast<uint64_t>(weight_sum);
   r.loss = weight_sum > 0 ? loss_sum / weight_sum : 0;
   r.perplexity = std::exp(r.loss);
   r.retrieval_accuracy = r.answer_tokens > 0 ? static_cast<double>(r.answer_correct) / static_cast<double>(r.answer_tokens) : 0;
   return r;
+}
+
+std::string eval_scope(const EvalResult& r) {
+  return r.whole_dataset ? std::string("whole file") : fmt::format("first {} micro-batches", r.micro_batches);
 }
 
 }  // namespace cadtrain::trainer

@@ -19,8 +19,12 @@ struct StepMetrics {
   double grad_norm = 0;
   double lr = 0;
   double seconds = 0;
+  uint64_t tokens = 0;     // tokens trained on (micro-batches are not padded)
+  uint64_t capacity = 0;   // tokens_per_micro_batch * grad_accumulation: fill = tokens / capacity
+  uint64_t cut_tokens = 0; // tokens of documents cut at a micro-batch boundary, after the cut
   double tokens_per_second = 0;
-  double mfu = 0;      // model FLOP/s over the measured sgemm FLOP/s
+  double mfu = 0;      // model FLOP/s over the machine's calibrated peak (trainer/machine_peak.h), <= 1
+  double mfu_vs_sgemm_now = 0;  // over this start-up's sgemm measurement (a busy machine lowers it)
   // time breakdown, seconds
   double data = 0, forward = 0, backward = 0, core_attention = 0, loss_time = 0, optimizer = 0;
   bool skipped = false;  // non-finite loss or gradient, step dropped (on_nonfinite: SKIP_STEP)

@@ -23,6 +23,7 @@
 #include "trainer/distill_teacher.h"
 #include "trainer/metrics_history.h"
 #include "trainer/optimizer.h"
+#include "trainer/machine_peak.h"
 #include "trainer/resume.h"
 #include "trainer/run_lock.h"
 #include "trainer/run_log.h"
@@ -59,6 +60,8 @@ struct StepBatches {
   std::vector<data::MicroBatch> micro;
   double weight = 0;
   uint64_t pairs = 0;
+  uint64_t tokens = 0;      // micro-batches are packed whole documents, up to tokens_mb each
+  uint64_t cut_tokens = 0;
 };
 
 // weight is the loss-mask weight of the whole global batch (summed over the group).
@@ -68,6 +71,8 @@ StepBatches next_step_batches(data::Packer& packer, uint32_t count, TrainGroup& 
     s.micro.push_back(packer.next());
     for (const float w : s.micro.back().loss_mask) s.weight += w;
     s.pairs += causal_pairs(s.micro.back().cu_seqlens);
+    s.tokens += s.micro.back().tokens.size();
+    s.cut_tokens += s.micro.back().cut_tokens;
   }
   group.sum_over_batch(std::span<double>(&s.weight, 1));
   return s;
@@ -139,6 +144,8 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   popt.seed = cfg.seed();
   popt.rank = group.data_rank();
   popt.world = group.data_ranks();
+  // Only LOCAL attention needs a document longer than a micro-batch cut (see data/packing.h).
+  popt.cut_long_documents = cfg.attention().strategy() == config::LOCAL;
   data::Packer packer(train_ds, popt);
 
   uint64_t step = 0;
@@ -155,7 +162,10 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   }
 
   const ModelDims& dims = model.dims();
-  const double peak_gflops = kernels::measure_sgemm_gflops();
+  // MFU's denominator: the machine's calibrated sgemm peak, not this start-up's measurement alone.
+  const double sgemm_now = kernels::measure_sgemm_gflops();
+  PeakCalibration peak = calibrate_peak(default_peak_cache_path(), this_machine_key(omp_get_max_threads()), sgemm_now,
+                                        false);
   const std::string metrics_path = run_dir + "/" + cfg.logging().metrics_file();
   const bool continuing = start.kind == StartKind::kContinue;
   if (writer && continuing) {
@@ -171,21 +181,32 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
                                    dims.n_layers, dims.c, dims.q_heads, dims.kv_heads, dims.head_dim, dims.ffn,
                                    dims.vocab, dims.tied ? ", tied head" : "")},
              {"parameters", fmt::format("{} ({})", dims.param_count(), human(static_cast<double>(dims.param_count())))},
-             {"tokens per step", fmt::format("{} ({} x {} micro-batches)", tokens_step, tokens_mb,
+             {"tokens per step", fmt::format("up to {} ({} x {} micro-batches)", tokens_step, tokens_mb,
                                              cfg.data().grad_accumulation())},
+             {"packing", fmt::format("whole documents, best fit, not padded (fill = tokens / {}); longer documents "
+                                     "{}", tokens_step, popt.cut_long_documents ? "cut (counted as cut tokens)"
+                                                                                : "rejected")},
              {"dense FLOPs per token", human(6.0 * static_cast<double>(dims.matmul_params()))},
              {"train data", fmt::format("{} ({} docs, {} tokens)", train_ds.path(), train_ds.num_docs(),
                                         train_ds.num_tokens())},
              {"threads", fmt::format("{} (OMP_WAIT_POLICY {})", omp_get_max_threads(),
                                      std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "unset: spinning")},
-             {"sgemm peak (measured)", fmt::format("{:.1f} GFLOP/s", peak_gflops)},
+             {"MFU denominator", fmt::format("{:.1f} GFLOP/s: best sgemm of {} start-up measurements on this machine "
+                                             "at {} threads (`cadtrain calibrate` re-measures)",
+                                             peak.gflops, peak.measurements, omp_get_max_threads())},
+             {"sgemm now (measured)", fmt::format("{:.1f} GFLOP/s (metrics.jsonl: mfu_vs_sgemm_now)", sgemm_now)},
              {"steps", fmt::format("{} -> {}", step, cfg.schedule().total_steps())},
              {"distillation", teacher ? distill_summary(cfg.loss().distill(), *teacher) : std::string("off")}});
+  if (log && !peak.note.empty()) log->note("note: " + peak.note);
+  if (const std::string w = startup_load_warning(sgemm_now, peak.gflops); log && !w.empty()) log->note("warning: " + w);
 
   TrainResult result;
   const auto evaluate_now = [&](uint64_t at) {
     if (!eval_ds) return;
-    result.eval = evaluate(model, *eval_ds, tokens_mb, cfg.schedule().eval_batches());
+    // The final evaluation scores the whole file (the figure `cadtrain eval` reports); the periodic
+    // ones, eval_batches micro-batches.
+    const bool last = at == cfg.schedule().total_steps();
+    result.eval = evaluate(model, *eval_ds, tokens_mb, last ? kWholeDataset : cfg.schedule().eval_batches());
     result.evaluated = true;
     if (log) log->eval(at, "eval", result.eval);
   };
@@ -266,9 +287,18 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     m.step = step;
     m.total_steps = cfg.schedule().total_steps();
     m.seconds = now_seconds() - t0;
-    const double tokens = static_cast<double>(tokens_step);
-    m.tokens_per_second = tokens / m.seconds;
-    m.mfu = training_flops(dims, tokens_step, batches.pairs) / m.seconds / (peak_gflops * 1e9);
+    m.tokens = batches.tokens;  // this rank's
+    m.capacity = tokens_step;
+    m.cut_tokens = batches.cut_tokens;
+    m.tokens_per_second = static_cast<double>(batches.tokens) / m.seconds;
+    const double flops_per_second = training_flops(dims, batches.tokens, batches.pairs) / m.seconds;
+    const double peak_before = peak.gflops;
+    m.mfu = mfu_against(flops_per_second, &peak);
+    m.mfu_vs_sgemm_now = flops_per_second / (sgemm_now * 1e9);
+    if (log && peak.gflops > peak_before) {
+      log->note(fmt::format("step {} ran at {:.1f} GFLOP/s, above the calibrated peak: MFU denominator raised to it",
+                            step, peak.gflops));
+    }
     if (log) log->step(m);
     if (first) result.first_loss = m.loss;
     first = false;
