@@ -72,7 +72,8 @@ class Communicator {
   // The memory this backend's buffers live in (MPI: host; NCCL: CUDA).
   virtual DeviceId::Kind memory() const = 0;
   // Timeout, this rank's identity and the caller's context; shared by all communicators of a job.
-  virtual Watchdog& watchdog() const = 0;
+  Watchdog& watchdog() const { return *shared_watchdog(); }
+  virtual std::shared_ptr<Watchdog> shared_watchdog() const = 0;
 
   // Point-to-point. Tags are in [0, 32767]; a message matches a receive of the same source, tag
   // and communicator, in order. The received message must have exactly buf.count elements of

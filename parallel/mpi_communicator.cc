@@ -200,7 +200,8 @@ class MpiOp : public PendingOp {
     requests_.push_back(MPI_REQUEST_NULL);
     peers_.push_back(peer);
     expected_.push_back(expected);
-    check_mpi(start(static_cast<int>(count), &requests_.back()), group_->where().c_str());
+    const int rc = start(static_cast<int>(count), &requests_.back());
+    if (rc != MPI_SUCCESS) check_mpi(rc, group_->where().c_str());
   }
 
   // Completes what has arrived; true when something completed. Checks every received size.
@@ -261,13 +262,13 @@ class MpiCommunicator : public Communicator {
     return g_->world_ranks[static_cast<size_t>(r)];
   }
   DeviceId::Kind memory() const override { return DeviceId::Kind::HOST; }
-  Watchdog& watchdog() const override { return *g_->watchdog; }
+  std::shared_ptr<Watchdog> shared_watchdog() const override { return g_->watchdog; }
 
   Request isend(ConstBufferView buf, int dst, int tag) override {
     check_call(buf, "send");
     check_peer(dst, "destination");
     check_tag(tag);
-    auto op = new_op(fmt::format("send to rank {} (tag {})", dst, tag), buf);
+    auto op = new_op(OpDescription::of("send to", {}, dst, tag), buf);
     auto group = g_;
     op->add_round({[=](MpiOp& m) { m.send(buf.data, buf.count, dst, tag, group->user); }, nullptr});
     return start(std::move(op));
@@ -277,14 +278,14 @@ class MpiCommunicator : public Communicator {
     check_call(buf, "receive");
     check_peer(src, "source");
     check_tag(tag);
-    auto op = new_op(fmt::format("receive from rank {} (tag {})", src, tag), buf);
+    auto op = new_op(OpDescription::of("receive from", {}, src, tag), buf);
     auto group = g_;
     op->add_round({[=](MpiOp& m) { m.recv(buf.data, buf.count, src, tag, group->user); }, nullptr});
     return start(std::move(op));
   }
 
   Request iall_reduce(ConstBufferView send, BufferView recv, ReduceOp op) override {
-    const std::string what = fmt::format("all_reduce ({})", reduce_op_name(op));
+    const std::string_view what = "all_reduce";
     check_call(send, what);
     check_same(send, recv, what);
     check_reducible(send.type, what);
@@ -294,7 +295,7 @@ class MpiCommunicator : public Communicator {
     const size_t n = send.count;
     const int p = g_->size, me = g_->rank;
     const size_t mine = block_begin(n, p, me + 1) - block_begin(n, p, me);
-    auto o = new_op(what, send);
+    auto o = new_op(OpDescription::of(what, reduce_op_name(op)), send);
     auto scratch = std::make_shared<std::vector<std::byte>>(mine * element_size(send.type) * static_cast<size_t>(p));
     const int tag = next_tag();
     o->add_round(reduce_scatter_round(send, recv.slice(block_begin(n, p, me), mine), op, scratch, tag,
@@ -304,7 +305,7 @@ class MpiCommunicator : public Communicator {
   }
 
   Request ireduce_scatter(ConstBufferView send, BufferView recv, ReduceOp op) override {
-    const std::string what = fmt::format("reduce_scatter ({})", reduce_op_name(op));
+    const std::string_view what = "reduce_scatter";
     check_call(send, what);
     check_same(send, recv, what);
     check_reducible(send.type, what);
@@ -312,7 +313,7 @@ class MpiCommunicator : public Communicator {
     CADTRAIN_CHECK(send.count == c * static_cast<size_t>(g_->size), "{}: {}: send has {} elements, not {} ranks x {}",
                    g_->where(), what, send.count, g_->size, c);
     check_disjoint(send, recv, what);
-    auto o = new_op(what, send);
+    auto o = new_op(OpDescription::of(what, reduce_op_name(op)), send);
     auto scratch = std::make_shared<std::vector<std::byte>>(send.bytes());
     o->add_round(reduce_scatter_round(send, recv, op, scratch, next_tag(), [c](int b) { return c * static_cast<size_t>(b); }));
     return start(std::move(o));
@@ -329,7 +330,7 @@ class MpiCommunicator : public Communicator {
       check_disjoint(send, recv, "all_gather");
       copy_bytes(own.data, send.data, send.bytes());
     }
-    auto o = new_op("all_gather", send);
+    auto o = new_op(OpDescription::of("all_gather"), send);
     o->add_round(all_gather_round(recv, next_tag(), [c](int b) { return c * static_cast<size_t>(b); }));
     return start(std::move(o));
   }
@@ -357,7 +358,7 @@ class MpiCommunicator : public Communicator {
     std::partial_sum(recv_counts.begin(), recv_counts.end(), recv_at.begin() + 1);
     copy_bytes(recv.slice(recv_at[me], recv_counts[me]).data, send.slice(send_at[me], send_counts[me]).data,
                send_counts[me] * element_size(send.type));
-    auto o = new_op("all_to_all_v", send.slice(0, send_total));
+    auto o = new_op(OpDescription::of("all_to_all_v"), send.slice(0, send_total));
     const int tag = next_tag();
     const std::vector<size_t> sc(send_counts.begin(), send_counts.end()), rc(recv_counts.begin(), recv_counts.end());
     auto group = g_;
@@ -375,7 +376,7 @@ class MpiCommunicator : public Communicator {
   Request ibroadcast(BufferView buf, int root) override {
     check_call(buf, "broadcast");
     check_peer(root, "root");
-    auto o = new_op(fmt::format("broadcast from rank {}", root), buf);
+    auto o = new_op(OpDescription::of("broadcast from", {}, root), buf);
     const int tag = next_tag();
     auto group = g_;
     o->add_round({[=](MpiOp& op) {
@@ -393,7 +394,7 @@ class MpiCommunicator : public Communicator {
 
   Request ibarrier() override {
     check_thread("barrier");
-    auto o = new_op("barrier", ConstBufferView{nullptr, ElementType::U8, 0, DeviceId::host()});
+    auto o = new_op(OpDescription::of("barrier"), ConstBufferView{nullptr, ElementType::U8, 0, DeviceId::host()});
     const int tag = next_tag();
     auto group = g_;
     o->add_round({[=](MpiOp& op) {
@@ -464,8 +465,11 @@ class MpiCommunicator : public Communicator {
             nullptr};
   }
 
-  std::unique_ptr<MpiOp> new_op(std::string what, ConstBufferView buf) {
-    OpDescription d{std::move(what), buf, g_->name, g_->size, g_->watchdog->context()};
+  std::unique_ptr<MpiOp> new_op(OpDescription d, ConstBufferView buf) {
+    d.buffer = buf;
+    d.comm = &g_->name;
+    d.comm_size = g_->size;
+    d.context = g_->watchdog->context();
     return std::make_unique<MpiOp>(g_, std::move(d), buf.type);
   }
 
@@ -483,32 +487,32 @@ class MpiCommunicator : public Communicator {
     return slot * kRoundsPerCollective;
   }
 
-  void check_thread(const std::string& what) const {
+  void check_thread(std::string_view what) const {
     CADTRAIN_CHECK(std::this_thread::get_id() == g_->mpi_thread,
                    "{}: {} called from a thread other than the one that initialised MPI (MPI_THREAD_FUNNELED)",
                    g_->where(), what);
   }
-  void check_call(ConstBufferView buf, const std::string& what) const {
+  void check_call(ConstBufferView buf, std::string_view what) const {
     check_thread(what);
     CADTRAIN_CHECK(buf.device.is_host(), "{}: {}: the MPI backend takes host buffers, not {} (use the NCCL communicator)",
                    g_->where(), what, buf.describe());
     CADTRAIN_CHECK(buf.data != nullptr || buf.count == 0, "{}: {}: null buffer of {} elements", g_->where(), what,
                    buf.count);
   }
-  void check_same(ConstBufferView send, ConstBufferView recv, const std::string& what) const {
+  void check_same(ConstBufferView send, ConstBufferView recv, std::string_view what) const {
     CADTRAIN_CHECK(recv.device.is_host(), "{}: {}: the MPI backend takes host buffers, not {}", g_->where(), what,
                    recv.describe());
     CADTRAIN_CHECK(send.type == recv.type, "{}: {}: send is {} but recv is {}", g_->where(), what, send.describe(),
                    recv.describe());
     CADTRAIN_CHECK(recv.data != nullptr || recv.count == 0, "{}: {}: null recv buffer", g_->where(), what);
   }
-  void check_disjoint(ConstBufferView a, ConstBufferView b, const std::string& what) const {
+  void check_disjoint(ConstBufferView a, ConstBufferView b, std::string_view what) const {
     const auto* a0 = static_cast<const std::byte*>(a.data);
     const auto* b0 = static_cast<const std::byte*>(b.data);
     const bool overlap = a.bytes() > 0 && b.bytes() > 0 && a0 < b0 + b.bytes() && b0 < a0 + a.bytes();
     CADTRAIN_CHECK(!overlap, "{}: {}: send and recv buffers overlap", g_->where(), what);
   }
-  void check_reducible(ElementType t, const std::string& what) const {
+  void check_reducible(ElementType t, std::string_view what) const {
     CADTRAIN_CHECK(t != ElementType::BF16 && t != ElementType::F16,
                    "{}: {}: reductions of {} are not supported by the MPI backend (host buffers are fp32)",
                    g_->where(), what, element_name(t));

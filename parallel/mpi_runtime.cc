@@ -3,11 +3,43 @@
 
 #include <mpi.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <exception>
 
 #include "parallel/mpi_communicator.h"
 
 namespace cadtrain::parallel {
+namespace {
+
+// Ranks sharing memory form a node; nodes are numbered in the order of their lowest world rank.
+NodeInfo discover_node(const RankIdentity& id) {
+  NodeInfo n;
+  n.host = id.host;
+  n.cores = static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+  MPI_Comm local = MPI_COMM_NULL, leaders = MPI_COMM_NULL;
+  const std::string where = id.describe() + ": finding the ranks of this node";
+  check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, id.world_rank, MPI_INFO_NULL, &local),
+            where.c_str());
+  MPI_Comm_rank(local, &n.local_rank);
+  MPI_Comm_size(local, &n.local_size);
+  check_mpi(MPI_Comm_split(MPI_COMM_WORLD, n.local_rank == 0 ? 0 : MPI_UNDEFINED, id.world_rank, &leaders),
+            where.c_str());
+  int index_and_count[2] = {0, 1};
+  if (leaders != MPI_COMM_NULL) {
+    MPI_Comm_rank(leaders, &index_and_count[0]);
+    MPI_Comm_size(leaders, &index_and_count[1]);
+    MPI_Comm_free(&leaders);
+  }
+  check_mpi(MPI_Bcast(index_and_count, 2, MPI_INT, 0, local), where.c_str());
+  MPI_Comm_free(&local);
+  n.node_index = index_and_count[0];
+  n.node_count = index_and_count[1];
+  return n;
+}
+
+}  // namespace
 
 MpiRuntime::MpiRuntime(int* argc, char*** argv)
     : mpi_thread_(std::this_thread::get_id()), uncaught_at_start_(std::uncaught_exceptions()) {
@@ -25,6 +57,7 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv)
     fail("{}: MPI provides thread level {} but cadtrain needs MPI_THREAD_FUNNELED ({})", identity_.describe(), provided,
          MPI_THREAD_FUNNELED);
   }
+  node_ = discover_node(identity_);
 }
 
 MpiRuntime::~MpiRuntime() {

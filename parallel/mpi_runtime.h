@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "parallel/communicator.h"
+#include "parallel/node_info.h"
 
 namespace cadtrain::parallel {
 
@@ -34,6 +35,8 @@ class MpiRuntime {
   int world_rank() const { return identity_.world_rank; }
   int world_size() const { return identity_.world_size; }
   const RankIdentity& identity() const { return identity_; }
+  // This rank's node: local rank, ranks on the node, node index and count, cores (found at start).
+  const NodeInfo& node() const { return node_; }
 
   // The world communicator with a watchdog of `timeout_s` seconds; installs the SIGTERM report
   // (parallel/watchdog.h). Collective: every rank calls it once.
@@ -44,6 +47,7 @@ class MpiRuntime {
 
  private:
   RankIdentity identity_;
+  NodeInfo node_;
   std::thread::id mpi_thread_;
   int uncaught_at_start_;
 };

@@ -30,6 +30,10 @@ class PendingOp {
   virtual bool progress() = 0;
   // Backend: (communicator rank, world rank) of every peer whose part has not arrived.
   virtual std::vector<std::pair<int, int>> waiting_for() const = 0;
+  // Backend: false when it cannot tell which peers arrived (NCCL); waiting_for() is then unused.
+  virtual bool knows_arrivals() const { return true; }
+  // Backend: called once when the deadline passed, before CommTimeout is thrown.
+  virtual void on_timeout() {}
 
  private:
   bool poll();

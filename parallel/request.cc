@@ -33,8 +33,10 @@ bool PendingOp::poll() {
 
 void PendingOp::fail_timeout(double waited_s) {
   timed_out_ = true;
-  watchdog_->publish_timed_out();
-  throw CommTimeout(watchdog_->timeout_message(description_, waited_s, waiting_for()));
+  on_timeout();
+  const std::string message = watchdog_->timeout_message(description_, waited_s, waiting_for(), knows_arrivals());
+  watchdog_->publish_timed_out(message);
+  throw CommTimeout(message);
 }
 
 bool PendingOp::test() {
@@ -45,29 +47,34 @@ bool PendingOp::test() {
 }
 
 void PendingOp::wait() {
-  // Poll hot for a moment (most operations finish in microseconds), then sleep between polls so
-  // that ranks oversubscribing the cores leave them to the ranks still computing. The SIGTERM
-  // report is written only once the wait is a slow one, and again when the missing ranks change.
-  constexpr double kHotPollS = 2e-4, kPublishAfterS = 1e-3;
+  // Spin for a moment (most operations finish in microseconds), then poll yielding the core (a
+  // large message needs both ranks to progress MPI several times, so sleeping here would cost a
+  // sleep per protocol step), and only after kYieldS sleep between polls, so that ranks blocked
+  // for long leave the cores to the ranks still computing. The SIGTERM report is written once the
+  // wait lasts, and again when the missing ranks change.
+  constexpr double kSpinS = 2e-5, kYieldS = 1e-2, kPublishAfterS = 1e-3;
   const double deadline = start_s_ + watchdog_->timeout_s();
   const double wait_start = now_seconds();
   bool published = false;
   size_t published_missing = 0;
+  double next_check = wait_start + kPublishAfterS;
   long sleep_ns = 1000;
   while (!poll()) {
     const double now = now_seconds();
     if (now > deadline) fail_timeout(now - start_s_);
-    if (now - wait_start < kHotPollS) {
-      sched_yield();
-      continue;
-    }
-    if (now - wait_start > kPublishAfterS) {
+    if (now - wait_start < kSpinS) continue;
+    if (now > next_check) {
+      next_check = now + kPublishAfterS;
       const auto missing = waiting_for();
       if (!published || missing.size() != published_missing) {
-        watchdog_->publish_in_flight(description_, missing);
+        watchdog_->publish_in_flight(description_, missing, knows_arrivals());
         published = true;
         published_missing = missing.size();
       }
+    }
+    if (now - wait_start < kYieldS) {
+      sched_yield();
+      continue;
     }
     const timespec pause = {0, sleep_ns};
     nanosleep(&pause, nullptr);

@@ -30,7 +30,12 @@ RankIdentity RankIdentity::of_this_process(int world_rank, int world_size) {
 }
 
 std::string OpDescription::describe() const {
-  return fmt::format("{} of {} on communicator \"{}\" ({} ranks)", op, buffer.describe(), comm, comm_size);
+  std::string what(op);
+  if (!reduce.empty()) what += fmt::format(" ({})", reduce);
+  if (peer >= 0) what += fmt::format(" rank {}", peer);
+  if (tag >= 0) what += fmt::format(" (tag {})", tag);
+  return fmt::format("{} of {} on communicator \"{}\" ({} ranks)", what, buffer.describe(),
+                     comm != nullptr ? *comm : std::string("?"), comm_size);
 }
 
 namespace {
@@ -40,7 +45,8 @@ std::string context_suffix(const OpContext& context) {
   return c.empty() ? std::string(" (step and layer unknown)") : " (" + c + ")";
 }
 
-std::string ranks_list(const std::vector<std::pair<int, int>>& waiting_for) {
+std::string ranks_list(const std::vector<std::pair<int, int>>& waiting_for, bool known) {
+  if (!known) return "unknown (this backend does not report which peers arrived)";
   if (waiting_for.empty()) return "none (every peer's data arrived; the local side did not finish)";
   std::string out;
   for (const auto& [comm_rank, world_rank] : waiting_for) {
@@ -73,9 +79,23 @@ void write_all(const char* text) {
   }
 }
 
-extern "C" void on_sigterm(int) {
+struct sigaction g_previous_sigterm;  // the handler installed before ours (e.g. the trainer's)
+
+extern "C" void on_sigterm(int sig) {
   const int slot = g_report_slot.load();
-  write_all(slot >= 0 ? g_reports[slot] : g_idle_report);
+  if (slot >= 0) {
+    // Blocked in communication: a graceful stop cannot finish the step, so report and exit.
+    write_all(g_reports[slot]);
+    _exit(128 + SIGTERM);
+  }
+  // Between operations: the handler installed before ours decides (the trainer finishes the step
+  // and writes a checkpoint); without one, report and exit.
+  if ((g_previous_sigterm.sa_flags & SA_SIGINFO) == 0 && g_previous_sigterm.sa_handler != SIG_DFL &&
+      g_previous_sigterm.sa_handler != SIG_IGN) {
+    g_previous_sigterm.sa_handler(sig);
+    return;
+  }
+  write_all(g_idle_report);
   _exit(128 + SIGTERM);
 }
 
@@ -86,20 +106,21 @@ Watchdog::Watchdog(double timeout_s, RankIdentity identity) : timeout_s_(timeout
 }
 
 std::string Watchdog::timeout_message(const OpDescription& op, double waited_s,
-                                      const std::vector<std::pair<int, int>>& waiting_for) const {
+                                      const std::vector<std::pair<int, int>>& waiting_for, bool known_arrivals) const {
   return fmt::format("{}: {} did not complete within parallel.timeout_s = {:g} s (waited {:.1f} s){}; ranks that "
                      "did not arrive: {}",
                      identity_.describe(), op.describe(), timeout_s_, waited_s, context_suffix(op.context),
-                     ranks_list(waiting_for));
+                     ranks_list(waiting_for, known_arrivals));
 }
 
-void Watchdog::publish_in_flight(const OpDescription& op, const std::vector<std::pair<int, int>>& waiting_for) const {
+void Watchdog::publish_in_flight(const OpDescription& op, const std::vector<std::pair<int, int>>& waiting_for,
+                                 bool known_arrivals) const {
   if (!g_report_installed.load()) return;
   const int slot = g_report_slot.load() == 0 ? 1 : 0;
   copy_report(g_reports[slot],
               fmt::format("{}: ended by SIGTERM (the launcher ends the job when a rank dies or aborts) while "
                           "waiting in {}{}; ranks that had not arrived: {}\n",
-                          identity_.describe(), op.describe(), context_suffix(op.context), ranks_list(waiting_for)));
+                          identity_.describe(), op.describe(), context_suffix(op.context), ranks_list(waiting_for, known_arrivals)));
   g_report_slot.store(slot);
 }
 
@@ -107,11 +128,10 @@ void Watchdog::clear_in_flight() const {
   if (g_report_installed.load()) g_report_slot.store(-1);
 }
 
-void Watchdog::publish_timed_out() const {
+void Watchdog::publish_timed_out(const std::string& message) const {
   if (!g_report_installed.load()) return;
   const int slot = g_report_slot.load() == 0 ? 1 : 0;
-  copy_report(g_reports[slot], fmt::format("{}: ended by SIGTERM after reporting the communication timeout above\n",
-                                           identity_.describe()));
+  copy_report(g_reports[slot], message + "\n");
   g_report_slot.store(slot);
 }
 
@@ -123,7 +143,9 @@ void install_termination_report(const RankIdentity& identity) {
   struct sigaction action = {};
   action.sa_handler = on_sigterm;
   sigemptyset(&action.sa_mask);
-  if (sigaction(SIGTERM, &action, nullptr) != 0) fail("{}: cannot install the SIGTERM handler", identity.describe());
+  struct sigaction previous = {};
+  if (sigaction(SIGTERM, &action, &previous) != 0) fail("{}: cannot install the SIGTERM handler", identity.describe());
+  if (previous.sa_handler != on_sigterm) g_previous_sigterm = previous;
   g_report_installed.store(true);
 }
 

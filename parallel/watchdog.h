@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/buffer_view.h"
@@ -47,15 +48,28 @@ struct RankIdentity {
   static RankIdentity of_this_process(int world_rank, int world_size);
 };
 
-// One operation as the watchdog describes it; formatted only when a report is needed.
+// One operation as the watchdog describes it. Cheap to make (every operation makes one): the
+// strings it points to are static or outlive the operation; the text is formatted only when a
+// report is needed.
 struct OpDescription {
-  std::string op;         // "all_reduce", "send to 2 (tag 5)"
-  ConstBufferView buffer; // the buffer it moves (its description, never its data, is used)
-  std::string comm;       // communicator name
+  std::string_view op;           // "all_reduce", "send to", "broadcast from"
+  std::string_view reduce;       // "sum", or empty
+  int peer = -1, tag = -1;       // the peer/root and tag, when there is one
+  ConstBufferView buffer;        // the buffer it moves (its description, never its data, is used)
+  const std::string* comm = nullptr;  // communicator name
   int comm_size = 0;
-  OpContext context;      // captured when the operation starts
+  OpContext context;             // captured when the operation starts
 
-  // "all_reduce of float32 x 1024 on host on communicator \"dp\" (3 ranks)"
+  static OpDescription of(std::string_view op, std::string_view reduce = {}, int peer = -1, int tag = -1) {
+    OpDescription d;
+    d.op = op;
+    d.reduce = reduce;
+    d.peer = peer;
+    d.tag = tag;
+    return d;
+  }
+  // "all_reduce (sum) of float32 x 1024 on host on communicator \"dp\" (3 ranks)",
+  // "send to rank 2 (tag 5) of ..."
   std::string describe() const;
 };
 
@@ -78,14 +92,17 @@ class Watchdog {
   void set_step(int64_t step) { context_.step = step; }
   void set_layer(int32_t layer) { context_.layer = layer; }
 
-  // The CommTimeout message. `waiting_for` holds (communicator rank, world rank) pairs.
+  // The CommTimeout message. `waiting_for` holds (communicator rank, world rank) pairs; with
+  // known_arrivals false the backend cannot tell who is missing and the message says so.
   std::string timeout_message(const OpDescription& op, double waited_s,
-                              const std::vector<std::pair<int, int>>& waiting_for) const;
+                              const std::vector<std::pair<int, int>>& waiting_for, bool known_arrivals = true) const;
   // Makes `op` the operation reported if SIGTERM arrives now (see install_termination_report).
-  void publish_in_flight(const OpDescription& op, const std::vector<std::pair<int, int>>& waiting_for) const;
+  void publish_in_flight(const OpDescription& op, const std::vector<std::pair<int, int>>& waiting_for,
+                         bool known_arrivals = true) const;
   void clear_in_flight() const;
-  // Makes the SIGTERM report say that this rank already reported a timeout (it is ending the job).
-  void publish_timed_out() const;
+  // Makes the SIGTERM report the timeout message itself (SIGTERM may end this rank before the
+  // caller has printed it).
+  void publish_timed_out(const std::string& message) const;
 
  private:
   double timeout_s_;
@@ -93,11 +110,17 @@ class Watchdog {
   OpContext context_;
 };
 
-// Sets the context fields it is given for its scope, restoring the previous context after.
+// Sets the context fields it is given (step >= 0, layer >= 0, a non-empty phase) for its scope,
+// keeping the others (a model layer sets its layer, the step the trainer set stays), and restores
+// the previous context after.
 class ScopedOpContext {
  public:
   ScopedOpContext(Watchdog& watchdog, OpContext context) : watchdog_(watchdog), saved_(watchdog.context()) {
-    watchdog_.set_context(std::move(context));
+    OpContext merged = saved_;
+    if (context.step >= 0) merged.step = context.step;
+    if (context.layer >= 0) merged.layer = context.layer;
+    if (!context.phase.empty()) merged.phase = std::move(context.phase);
+    watchdog_.set_context(std::move(merged));
   }
   ScopedOpContext(const ScopedOpContext&) = delete;
   ScopedOpContext& operator=(const ScopedOpContext&) = delete;
@@ -108,9 +131,12 @@ class ScopedOpContext {
   OpContext saved_;
 };
 
-// Installs a SIGTERM handler that writes "<identity>: ended by SIGTERM (the launcher ends the job
-// when a rank dies or aborts) while <op in flight>" to stderr and exits with status 143. The report
-// lives in a process-wide buffer because a signal handler can reach nothing else.
+// Installs a SIGTERM handler. While this rank waits in an operation it writes "<identity>: ended
+// by SIGTERM (the launcher ends the job when a rank dies or aborts) while waiting in <op> (<step,
+// layer>); ranks that had not arrived: <ranks>" to stderr and exits with status 143. Between
+// operations it calls the handler installed before it (the trainer's graceful stop: finish the
+// step, checkpoint), or, without one, reports and exits. The report lives in a process-wide
+// buffer because a signal handler can reach nothing else.
 void install_termination_report(const RankIdentity& identity);
 
 }  // namespace cadtrain::parallel

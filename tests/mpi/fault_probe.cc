@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
     world->barrier();  // everyone is up
     world->watchdog().set_context({7, 3, "grad bucket 1"});
     if (world->rank() == victim) {
-      usleep(300000);  // the others are waiting in the all-reduce by now
+      usleep(1000000);  // the others are waiting in the all-reduce by now, even on a loaded machine
       raise(std::strcmp(argv[1], "kill") == 0 ? SIGKILL : SIGSTOP);
     }
     std::vector<float> grad(1024, 1.0f);

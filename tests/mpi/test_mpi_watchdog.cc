@@ -27,8 +27,9 @@ TEST(MpiWatchdog, ReceiveThatNeverArrivesTimesOutWithContext) {
   if (fast->rank() == 0) {
     std::vector<float> in(16);
     std::string msg;
+    fast->watchdog().set_step(7);
     {
-      parallel::ScopedOpContext ctx(fast->watchdog(), {7, 3, "ring forward step 1"});
+      parallel::ScopedOpContext ctx(fast->watchdog(), {-1, 3, "ring forward step 1"});  // keeps step 7
       parallel::Request r = fast->irecv(host_view(in), 1, 9);
       try {
         while (!r.test()) {
@@ -43,7 +44,9 @@ TEST(MpiWatchdog, ReceiveThatNeverArrivesTimesOutWithContext) {
     EXPECT_NE(msg.find("did not complete within parallel.timeout_s = 0.3 s"), std::string::npos) << msg;
     EXPECT_NE(msg.find("(step 7, layer 3, ring forward step 1)"), std::string::npos) << msg;
     EXPECT_NE(msg.find("ranks that did not arrive: 1 (world rank 1)"), std::string::npos) << msg;
-    EXPECT_EQ(fast->watchdog().context().step, -1) << "the scoped context was not restored";
+    EXPECT_EQ(fast->watchdog().context().layer, -1) << "the scoped context was not restored";
+    EXPECT_EQ(fast->watchdog().context().step, 7);
+    fast->watchdog().set_step(-1);
   }
   test::world().barrier();
 }
