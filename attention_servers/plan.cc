@@ -99,8 +99,8 @@ AttentionPlan build_plan(const Schedule& s, const RowBytes& bytes, int64_t shard
     for (const auto& [d, e] : kv) {
       const Document& doc = set.docs[static_cast<size_t>(d)];
       for (const Piece& p : doc.pieces) {
+        if (p.pos0 >= e.second) break;  // pieces are in position order
         const int64_t hi = std::min(e.second, p.pos0 + p.length);
-        if (hi <= p.pos0) continue;
         add_dispatch(sp, Dispatch::KEY_VALUE, p.rank, p.row0, hi - p.pos0, e.first + (p.pos0 - doc.pos0));
         if (p.rank != rank) kv_remote += hi - p.pos0;
         kv_all += hi - p.pos0;

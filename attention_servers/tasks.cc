@@ -29,7 +29,7 @@ TaskSet form_tasks(const BatchLayout& layout, int64_t shard_tokens) {
       }
       if (s.length > 0) {
         auto [it, fresh] = index.emplace(s.doc_id, static_cast<int32_t>(set.docs.size()));
-        if (fresh) set.docs.push_back(Document{s.doc_id, 0, 0, {}});
+        if (fresh) set.docs.push_back(Document{s.doc_id, 0, 0, {}, {}});
         set.docs[it->second].pieces.push_back(Piece{static_cast<uint32_t>(r), row, s.first_pos, s.length});
       }
       row += s.length;
@@ -50,6 +50,9 @@ TaskSet form_tasks(const BatchLayout& layout, int64_t shard_tokens) {
       next += p.length;
     }
     doc.pos1 = next;
+    doc.by_rank = doc.pieces;
+    std::stable_sort(doc.by_rank.begin(), doc.by_rank.end(),
+                     [](const Piece& a, const Piece& b) { return a.rank < b.rank; });
     for (const Piece& p : doc.pieces) {
       int64_t pos = p.pos0;
       while (pos < p.pos0 + p.length) {
@@ -81,8 +84,10 @@ uint64_t task_pairs(const TaskSet& set, const Task& task) { return kernels::task
 int64_t rows_not_on(const Document& doc, uint32_t rank, int64_t a, int64_t b) {
   if (b <= a) return 0;
   int64_t held = 0;
-  for (const Piece& p : doc.pieces) {
-    if (p.rank != rank) continue;
+  auto it = std::lower_bound(doc.by_rank.begin(), doc.by_rank.end(), rank,
+                             [](const Piece& p, uint32_t r) { return p.rank < r; });
+  for (; it != doc.by_rank.end() && it->rank == rank; ++it) {
+    const Piece& p = *it;
     const int64_t lo = std::max(a, p.pos0), hi = std::min(b, p.pos0 + p.length);
     if (hi > lo) held += hi - lo;
   }

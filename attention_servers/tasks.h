@@ -41,6 +41,7 @@ struct Document {
   uint64_t doc_id = 0;
   int64_t pos0 = 0, pos1 = 0;
   std::vector<Piece> pieces;
+  std::vector<Piece> by_rank;  // the same pieces sorted by (rank, position): rows_not_on's index
 };
 
 // A query shard: rows [row0, row0 + rows) of trainer `owner`, positions [pos0, pos0 + rows) of

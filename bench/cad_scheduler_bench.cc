@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
     const double step = gpu_step_s(docs, servers);
     table.add({std::to_string(servers), std::to_string(shard), std::to_string(set.tasks.size()),
                std::to_string(sched.moves), std::to_string(sched.splits), fmt::format("{:.3f}", sched.imbalance()),
-               sched.balanced ? "yes" : "no", fmt::format("{:.3f}", 1e3 * t_form), fmt::format("{:.3f}", 1e3 * t_sched),
+               sched.balanced ? "yes" : (sched.reason.find("indivisible") != std::string::npos ? "no: indivisible piece" : "no"), fmt::format("{:.3f}", 1e3 * t_form), fmt::format("{:.3f}", 1e3 * t_sched),
                fmt::format("{:.1f}x", t_sched / t_form), fmt::format("{:.3f}", 1e3 * t_plan),
                fmt::format("{:.1f}", 1e3 * step), fmt::format("{:.2f}%", 100 * (t_sched + t_plan) / step)});
     xs->push_back(by_tasks ? static_cast<double>(set.tasks.size()) : servers);

@@ -3,7 +3,7 @@
 #   gnuplot -e "csv='plan.csv'; png='plan.png'; strategies='packing_dp ring ...'" launch/plot_plan.gp
 set datafile separator ','
 n = words(strategies)
-set terminal pngcairo size 1200, 300 * n font ',9'
+set terminal pngcairo size 1200, 300 * n font ',9' noenhanced
 set output png
 set multiplot layout n, 1 title 'per-rank compute per step (batch 0): linear (blue) + core attention (orange), exposed communication (red)'
 set style fill solid 0.8 noborder
