@@ -4,19 +4,9 @@
 # printed an error naming the all-reduce, the step, layer and phase, the missing rank, host and pid.
 # Usage: run_fault_case.sh MPIEXEC FAULT_PROBE kill|stop NP
 set -uo pipefail
-mpiexec=$1 probe=$2 mode=$3 np=$4
-timeout_s=2
-[[ $mode == kill ]] && timeout_s=60   # the launcher, not the watchdog, must end this one
-victim=$((np - 1))
-start=$(date +%s)
-out=$(timeout 50 "$mpiexec" --oversubscribe -np "$np" "$probe" "$mode" "$timeout_s" 2>&1)
-rc=$?
-elapsed=$(( $(date +%s) - start ))
-echo "$out"
-echo "--- exit status $rc after ${elapsed}s"
-fail() { echo "FAILED: $*"; exit 1; }
-[[ $rc -ne 0 ]] || fail "the job exited 0"
-[[ $rc -ne 124 && $elapsed -lt 45 ]] || fail "the job hung and was ended by the test's time limit"
+mode=$3 np=$4
+source "$(dirname "$0")/fault_case_common.sh"
+run_fault_job "$@"
 for ((r = 0; r < victim; r++)); do
   line=$(grep -E "^rank $r/$np \(host [^,]+, pid [0-9]+\)" <<<"$out" | grep "all_reduce (sum) of float32 x 1024 on host on communicator \"world\" ($np ranks)" | head -1)
   [[ -n $line ]] || fail "rank $r printed no report of the all-reduce"
