@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   cadtrain::cli::register_calibrate_command(app);
   cadtrain::cli::register_merge_commands(app);
   cadtrain::cli::register_distill_commands(app);
+  cadtrain::cli::register_po_commands(app);
   try {
     app.parse(argc, argv);  // subcommand callbacks run inside parse()
   } catch (const CLI::ParseError& e) {

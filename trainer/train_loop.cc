@@ -23,6 +23,7 @@
 #include "trainer/distill_teacher.h"
 #include "trainer/metrics_history.h"
 #include "trainer/optimizer.h"
+#include "trainer/po_train.h"
 #include "trainer/machine_peak.h"
 #include "trainer/resume.h"
 #include "trainer/run_lock.h"
@@ -87,6 +88,7 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
 
 TrainResult train(const config::RunConfig& cfg, const std::string& provenance, const std::string& resume_from,
                   TrainGroup& group) {
+  if (!cfg.loss().preference().prefs_path().empty()) return train_preference(cfg, provenance, resume_from, group);
   check_supported(cfg);
   const bool writer = group.is_writer();
   const std::string run_dir = config::run_dir(cfg);
