@@ -1,4 +1,4 @@
-// `cadtrain data build | synth | inspect`: make and look at HDF5 datasets.
+// `cadtrain data build | synth | inspect | prefs`: make and look at HDF5 datasets.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -13,6 +13,7 @@
 #include "data/dataset.h"
 #include "data/dataset_stats.h"
 #include "data/default_corpus.h"
+#include "data/prefs_import.h"
 #include "data/text_import.h"
 #include "data/tokenizer.h"
 
@@ -174,6 +175,30 @@ void add_inspect(CLI::App& data_cmd) {
   cmd->callback([opt] { inspect(opt->path, opt->doc, opt->tokens, opt->verify); });
 }
 
+void add_prefs(CLI::App& data_cmd) {
+  CLI::App* cmd = data_cmd.add_subcommand(
+      "prefs", "Tokenize JSONL preference pairs ({prompt, chosen, rejected}) into a preference store");
+  auto opt = std::make_shared<data::PrefsImportOptions>();
+  cmd->add_option("--jsonl", opt->input, "Input: one JSON object per line")->required();
+  cmd->add_option("-o,--out", opt->output, "Preference store to write (.h5, written atomically)")->required();
+  auto* ds = cmd->add_option("--dataset", opt->dataset, "Use this dataset's tokenizer and vocab_size");
+  cmd->add_option("--tokenizer", opt->tokenizer, "byte or sentencepiece (without --dataset)")
+      ->check(CLI::IsMember({"byte", "sentencepiece"}))
+      ->excludes(ds);
+  cmd->add_option("--sp-model", opt->sentencepiece_model, "SentencePiece model, with --tokenizer sentencepiece")
+      ->excludes(ds);
+  cmd->add_flag("--skip-malformed", opt->skip_malformed,
+                "Write the well-formed lines and list the malformed ones (default: fail on any)");
+  cmd->callback([opt] {
+    const auto start = std::chrono::steady_clock::now();
+    const data::PrefsImportSummary s = data::import_prefs(*opt);
+    for (const auto& line : s.skipped) fmt::print("skipped {}\n", line);
+    fmt::print("wrote {}: {} examples, {} responses, {} tokens (longest prompt + response {}) in {:.2f} s{}\n",
+               opt->output, s.examples, s.responses, s.tokens, s.longest, seconds_since(start),
+               s.skipped.empty() ? std::string() : fmt::format("; {} malformed lines skipped", s.skipped.size()));
+  });
+}
+
 }  // namespace
 
 void register_data_commands(CLI::App& app) {
@@ -182,6 +207,7 @@ void register_data_commands(CLI::App& app) {
   add_build(*data_cmd);
   add_synth(*data_cmd);
   add_inspect(*data_cmd);
+  add_prefs(*data_cmd);
 }
 
 }  // namespace cadtrain::cli

@@ -5,7 +5,7 @@
 
 namespace cadtrain::cli {
 
-void register_data_commands(CLI::App& app);    // cmd_data.cc: data build | synth | inspect
+void register_data_commands(CLI::App& app);    // cmd_data.cc: data build | synth | inspect | prefs
 void register_config_commands(CLI::App& app);  // cmd_config.cc: config check
 void register_train_commands(CLI::App& app);   // cmd_train.cc: train
 void register_eval_commands(CLI::App& app);    // cmd_eval.cc: eval | sample
