@@ -175,7 +175,7 @@ PoSums evaluate_preferences(Model& policy, Model* reference, const data::PrefsSt
 
 TrainResult train_preference(const config::RunConfig& cfg, const std::string& provenance,
                              const std::string& resume_from, TrainGroup& group) {
-  check_supported(cfg);
+  check_supported(cfg, group.world_size());
   const config::PreferenceConfig& pc = cfg.loss().preference();
   if (!cfg.loss().distill().teacher_path().empty()) fail("loss.preference and loss.distill cannot be combined");
   const bool writer = group.is_writer();

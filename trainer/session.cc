@@ -11,17 +11,25 @@
 
 namespace cadtrain::trainer {
 
-void check_supported(const config::RunConfig& cfg) {
+namespace {
+
+void check_device(const config::RunConfig& cfg) {
   if (cfg.device() != config::CPU) fail("device CUDA: the CUDA training backend is not built yet; use device: CPU");
+}
+
+}  // namespace
+
+void check_supported(const config::RunConfig& cfg, uint32_t world_size) {
+  check_device(cfg);
   if (cfg.attention().strategy() != config::LOCAL) {
     fail("attention.strategy {}: only LOCAL attention is implemented so far",
          config::AttentionStrategy_Name(cfg.attention().strategy()));
   }
-  config::check_world_size(cfg, 1);  // single process until the parallel strategies land
+  config::check_world_size(cfg, world_size);
 }
 
 ModelSession make_model_session(const config::RunConfig& cfg, int64_t max_tokens) {
-  check_supported(cfg);
+  check_device(cfg);
   if (cfg.parallel().threads() > 0) omp_set_num_threads(static_cast<int>(cfg.parallel().threads()));
   ModelSession s;
   s.backend = kernels::make_cpu_backend();

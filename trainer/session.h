@@ -23,12 +23,13 @@ struct ModelSession {
   std::unique_ptr<Model> model;
 };
 
-// Throws unless this build can run cfg in this process (device, attention strategy, world size):
-// called before any expensive work such as generating data.
-void check_supported(const config::RunConfig& cfg);
+// Throws unless this build can train cfg on a job of world_size ranks (device, attention
+// strategy, parallel layout): called before any expensive work such as generating data.
+void check_supported(const config::RunConfig& cfg, uint32_t world_size = 1);
 
-// check_supported(), then builds the model for micro-batches of up to max_tokens. Sets the
-// OpenMP thread count from parallel.threads.
+// Builds the model for micro-batches of up to max_tokens in this process, with LOCAL attention
+// (what eval and sample use, whatever layout trained it); throws for an unsupported device. Sets
+// the OpenMP thread count from parallel.threads.
 ModelSession make_model_session(const config::RunConfig& cfg, int64_t max_tokens);
 
 // The model's parameters (and the optimizer's moments when given) as named checkpoint tensors.

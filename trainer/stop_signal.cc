@@ -9,6 +9,7 @@ namespace cadtrain::trainer {
 namespace {
 
 std::atomic<int> g_received{0};
+int g_depth = 0;  // live StopSignals instances (constructed on the main thread only)
 struct sigaction g_previous_int {};
 struct sigaction g_previous_term {};
 
@@ -23,6 +24,7 @@ extern "C" void on_stop_signal(int signal) {
 }  // namespace
 
 StopSignals::StopSignals() {
+  if (g_depth++ > 0) return;
   g_received = 0;
   struct sigaction action {};
   action.sa_handler = on_stop_signal;
@@ -32,6 +34,7 @@ StopSignals::StopSignals() {
 }
 
 StopSignals::~StopSignals() {
+  if (--g_depth > 0) return;
   sigaction(SIGINT, &g_previous_int, nullptr);
   sigaction(SIGTERM, &g_previous_term, nullptr);
 }

@@ -5,7 +5,10 @@
 
 namespace cadtrain::trainer {
 
-// Installs the handlers for its lifetime and restores the previous ones after.
+// Installs the handlers for its lifetime and restores the previous ones after. Nested instances
+// share the outermost one's handlers: an MPI launch creates one before the communicator
+// (parallel/watchdog.h: its SIGTERM report chains to the handler installed before it), and the
+// training loop's own instance then changes nothing.
 class StopSignals {
  public:
   StopSignals();

@@ -8,7 +8,10 @@
 //      1 / (weight of the whole global batch) and the summed gradients are the global-batch mean;
 //   3. passes gradient_sync to the backward of its last micro-batch, then calls finish_step();
 //   4. sums the loss the same way, so every rank reports the global-batch loss;
-//   5. writes logs, metrics, the run directory and checkpoints only where is_writer().
+//   5. writes logs, metrics, the run directory and checkpoints, generates missing data and runs
+//      evaluation only where is_writer(); the other ranks wait for the writer's data in a
+//      sum_over_batch, and stop together with it (a stop request is summed with the step's batch).
+// The multi-process implementation is trainer/parallel_group.h.
 #pragma once
 
 #include <cstdint>
@@ -32,12 +35,15 @@ class TrainGroup {
   // micro-batches r, r + W, ... (data/packing.h).
   virtual uint32_t data_rank() const = 0;
   virtual uint32_t data_ranks() const = 0;
+  // Ranks of the whole job (what `check_supported` validates the config's layout against).
+  virtual uint32_t world_size() const { return data_ranks(); }
   // Exactly one process of the job returns true: it creates the run directory, prints and writes
   // metrics, and writes checkpoints.
   virtual bool is_writer() const = 0;
   // In-place sum over every rank of the job, identical on all ranks afterwards and reproducible
   // (fixed reduction order). Each rank passes what it holds of the global batch (tokens it holds,
-  // loss it computed), so that the sum counts every token of the global batch once. Blocking.
+  // loss it computed), so that the sum counts every token of the global batch once. Blocking: the
+  // ranks also use it to wait for each other.
   virtual void sum_over_batch(std::span<double> values) = 0;
   // The hook that synchronises gradients (grad_sync.h), built once the model's parameters exist.
   virtual std::unique_ptr<GradientSync> make_gradient_sync(ParameterSet& params, kernels::Backend& backend) = 0;

@@ -15,6 +15,7 @@
 #include "common/clock.h"
 #include "common/error.h"
 #include "configs/config.h"
+#include "data/curriculum.h"
 #include "data/dataset.h"
 #include "data/default_corpus.h"
 #include "data/packing.h"
@@ -56,26 +57,35 @@ std::string human(double x) {
 }
 
 // One optimizer step's micro-batches, fetched up front so the loss normaliser (the step's total
-// target count) is known before any gradient is computed.
+// target count) is known before any gradient is computed. The counts are the global batch's
+// (summed over the group); micro holds this rank's share.
 struct StepBatches {
   std::vector<data::MicroBatch> micro;
   double weight = 0;
-  uint64_t pairs = 0;
-  uint64_t tokens = 0;      // micro-batches are packed whole documents, up to tokens_mb each
-  uint64_t cut_tokens = 0;
+  double pairs = 0;
+  double tokens = 0;      // micro-batches are packed whole documents, up to tokens_mb each
+  double cut_tokens = 0;
+  bool stop = false;      // some rank was asked to stop (SIGINT/SIGTERM): every rank stops here
 };
 
-// weight is the loss-mask weight of the whole global batch (summed over the group).
-StepBatches next_step_batches(data::Packer& packer, uint32_t count, TrainGroup& group) {
+StepBatches next_step_batches(data::Packer& packer, uint32_t count, TrainGroup& group, bool stop_requested) {
   StepBatches s;
+  double sums[5] = {0, 0, 0, 0, stop_requested ? 1.0 : 0.0};  // weight, pairs, tokens, cut, stop
   for (uint32_t i = 0; i < count; ++i) {
     s.micro.push_back(packer.next());
-    for (const float w : s.micro.back().loss_mask) s.weight += w;
-    s.pairs += causal_pairs(s.micro.back().cu_seqlens);
-    s.tokens += s.micro.back().tokens.size();
-    s.cut_tokens += s.micro.back().cut_tokens;
+    for (const float w : s.micro.back().loss_mask) sums[0] += w;
+    sums[1] += static_cast<double>(causal_pairs(s.micro.back().cu_seqlens));
+    sums[2] += static_cast<double>(s.micro.back().tokens.size());
+    sums[3] += static_cast<double>(s.micro.back().cut_tokens);
   }
-  group.sum_over_batch(std::span<double>(&s.weight, 1));
+  // One collective per step for all of them: the stop request rides with the normaliser, so the
+  // ranks agree on the step to stop at.
+  group.sum_over_batch(std::span<double>(sums, 5));
+  s.weight = sums[0];
+  s.pairs = sums[1];
+  s.tokens = sums[2];
+  s.cut_tokens = sums[3];
+  s.stop = sums[4] > 0;
   return s;
 }
 
@@ -89,8 +99,9 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
 TrainResult train(const config::RunConfig& cfg, const std::string& provenance, const std::string& resume_from,
                   TrainGroup& group) {
   if (!cfg.loss().preference().prefs_path().empty()) return train_preference(cfg, provenance, resume_from, group);
-  check_supported(cfg);
+  check_supported(cfg, group.world_size());
   const bool writer = group.is_writer();
+  const bool many = group.world_size() > 1;
   const std::string run_dir = config::run_dir(cfg);
   const std::string ckpt_dir = checkpoint_dir(cfg);
   // One writer per run directory (and per checkpoint.dir elsewhere), held until train returns.
@@ -116,16 +127,21 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   const StopSignals stop_signals;
   if (writer) config::write_effective_config(cfg, provenance, run_dir + "/config.pbtxt");
 
-  if (cfg.data().generate_if_missing()) {
+  if (writer && cfg.data().generate_if_missing()) {
     for (const auto& g : data::ensure_synthetic_datasets(cfg.data(), false)) {
       fmt::print("generated {}: {} documents, {} tokens in {:.2f} s\n", g.path, g.summary.n_docs, g.summary.n_tokens,
                  g.seconds);
     }
   }
+  if (many) {
+    // The other ranks open the data once the writer has generated it (the sum is a barrier).
+    double ready = 1;
+    group.sum_over_batch(std::span<double>(&ready, 1));
+  }
   const data::Dataset train_ds = data::Dataset::open(cfg.data().train_path());
   check_dataset_fits(train_ds, cfg);
-  std::unique_ptr<data::Dataset> eval_ds;
-  if (!cfg.data().eval_path().empty()) {
+  std::unique_ptr<data::Dataset> eval_ds;  // the writer's only: it alone evaluates
+  if (writer && !cfg.data().eval_path().empty()) {
     eval_ds = std::make_unique<data::Dataset>(data::Dataset::open(cfg.data().eval_path()));
     check_dataset_fits(*eval_ds, cfg);
   }
@@ -148,12 +164,17 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   popt.world = group.data_ranks();
   // Only LOCAL attention needs a document longer than a micro-batch cut (see data/packing.h).
   popt.cut_long_documents = cfg.attention().strategy() == config::LOCAL;
+  // Steps count global micro-batches: every rank derives the same eligible pool from the same counter.
+  popt.curriculum = data::make_curriculum(cfg.data().curriculum(), train_ds, cfg.schedule().total_steps(),
+                                          uint64_t{group.data_ranks()} * cfg.data().grad_accumulation());
   data::Packer packer(train_ds, popt);
 
   uint64_t step = 0;
   for (const std::string& note : start.notes) fmt::print("{}\n", note);
   if (resumed) {
     const std::string& path = resumed->path;
+    // Every rank reads the same file: the weights and moments are replicated, and the data
+    // position counts micro-batches of the one global stream, so any layout resumes it.
     const TrainingState state = load_checkpoint(path, checkpoint_tensors(model, &optimizer));
     step = state.step;
     optimizer.set_steps_done(step);
@@ -162,12 +183,20 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   } else {
     model.init_weights(cfg.seed());
   }
+  // Where the stream stood after the last finished step: what a checkpoint records (the packer
+  // itself may be a step ahead when a stop request arrives with the next step's batches).
+  data::PackerPosition finished_position = packer.position();
 
   const ModelDims& dims = model.dims();
   // MFU's denominator: the machine's calibrated sgemm peak, not this start-up's measurement alone.
-  const double sgemm_now = kernels::measure_sgemm_gflops();
-  PeakCalibration peak = calibrate_peak(default_peak_cache_path(), this_machine_key(omp_get_max_threads()), sgemm_now,
-                                        false);
+  // Only the writer reports it (and writes the calibration cache).
+  const double sgemm_now = writer ? kernels::measure_sgemm_gflops() : 0.0;
+  PeakCalibration peak;
+  if (writer) {
+    peak = calibrate_peak(default_peak_cache_path(), this_machine_key(omp_get_max_threads()), sgemm_now, false);
+  }
+  // Ranks that compute the global batch together (MFU is per rank: global FLOPs over all of them).
+  const uint32_t compute_ranks = group.data_ranks();
   const std::string metrics_path = run_dir + "/" + cfg.logging().metrics_file();
   const bool continuing = start.kind == StartKind::kContinue;
   if (writer && continuing) {
@@ -177,14 +206,17 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   }
   std::optional<RunLog> log;  // the writer's only
   if (writer) log.emplace(metrics_path, continuing, cfg.logging().log_every());
-  const uint64_t tokens_step = tokens_mb * cfg.data().grad_accumulation();
+  // The global batch: every data-parallel rank packs grad_accumulation micro-batches.
+  const uint64_t tokens_step = tokens_mb * cfg.data().grad_accumulation() * group.data_ranks();
   if (log) log->table({{"run directory", run_dir},
              {"model", fmt::format("{} layers, d_model {}, {} heads ({} kv), head_dim {}, ffn {}, vocab {}{}",
                                    dims.n_layers, dims.c, dims.q_heads, dims.kv_heads, dims.head_dim, dims.ffn,
                                    dims.vocab, dims.tied ? ", tied head" : "")},
              {"parameters", fmt::format("{} ({})", dims.param_count(), human(static_cast<double>(dims.param_count())))},
-             {"tokens per step", fmt::format("up to {} ({} x {} micro-batches)", tokens_step, tokens_mb,
-                                             cfg.data().grad_accumulation())},
+             {"tokens per step", fmt::format("up to {} ({} x {} micro-batches x {} data-parallel ranks)", tokens_step,
+                                             tokens_mb, cfg.data().grad_accumulation(), group.data_ranks())},
+             {"ranks", fmt::format("{} (data-parallel {}); this one writes logs and checkpoints",
+                                   group.world_size(), group.data_ranks())},
              {"packing", fmt::format("whole documents, best fit, not padded (fill = tokens / {}); longer documents "
                                      "{}", tokens_step, popt.cut_long_documents ? "cut (counted as cut tokens)"
                                                                                 : "rejected")},
@@ -199,12 +231,13 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
              {"sgemm now (measured)", fmt::format("{:.1f} GFLOP/s (metrics.jsonl: mfu_vs_sgemm_now)", sgemm_now)},
              {"steps", fmt::format("{} -> {}", step, cfg.schedule().total_steps())},
              {"distillation", teacher ? distill_summary(cfg.loss().distill(), *teacher) : std::string("off")}});
+  if (log && popt.curriculum) log->note(data::curriculum_summary(cfg.data().curriculum(), *popt.curriculum));
   if (log && !peak.note.empty()) log->note("note: " + peak.note);
   if (const std::string w = startup_load_warning(sgemm_now, peak.gflops); log && !w.empty()) log->note("warning: " + w);
 
   TrainResult result;
   const auto evaluate_now = [&](uint64_t at) {
-    if (!eval_ds) return;
+    if (!eval_ds) return;  // also every rank but the writer
     // The final evaluation scores the whole file (the figure `cadtrain eval` reports); the periodic
     // ones, eval_batches micro-batches.
     const bool last = at == cfg.schedule().total_steps();
@@ -217,7 +250,7 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     if (!writer) return;
     TrainingState state;
     state.step = at;
-    state.data_position = packer.position();
+    state.data_position = finished_position;
     state.config_text = config::effective_config_text(cfg, provenance);
     state.run_id = start.run_id;
     result.checkpoint = save_checkpoint(ckpt_dir, state, checkpoint_tensors(model, &optimizer), cfg.checkpoint().keep_last());
@@ -225,12 +258,12 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   };
   // A first SIGINT/SIGTERM stops between steps: the finished steps are checkpointed, nothing is
   // left half-written, and the exit status says the run did not finish.
-  const auto stop_if_signalled = [&] {
+  const auto stop_now = [&] {
     const int signal = StopSignals::received();
-    if (signal == 0) return;
     if (step > last_saved) save(step);
     const std::string latest = !result.checkpoint.empty() ? result.checkpoint : resumed ? resumed->path : "";
-    fail("stopped by {} after step {} of {}; {}", signal == SIGINT ? "SIGINT" : "SIGTERM", step,
+    fail("stopped by {} after step {} of {}; {}",
+         signal == SIGINT ? "SIGINT" : signal == SIGTERM ? "SIGTERM" : "a stop request on another rank", step,
          cfg.schedule().total_steps(),
          latest.empty() ? std::string("no checkpoint was written")
                         : fmt::format("checkpoint {}; continue with: cadtrain train --resume {}", latest, run_dir));
@@ -238,10 +271,11 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
 
   bool first = true;
   while (step < cfg.schedule().total_steps()) {
-    stop_if_signalled();
     StepMetrics m;
     const double t0 = now_seconds();
-    const StepBatches batches = next_step_batches(packer, cfg.data().grad_accumulation(), group);
+    const StepBatches batches =
+        next_step_batches(packer, cfg.data().grad_accumulation(), group, StopSignals::received() != 0);
+    if (batches.stop) stop_now();
     m.data = now_seconds() - t0;
     session.backend->zero(model.params().grads(), model.params().total());
     model.reset_times();
@@ -260,6 +294,7 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     kd_sum = sums[1];
     m.loss = batches.weight > 0 ? loss_sum / batches.weight : 0;
     if (teacher) add_distill_metrics(cfg.loss().distill(), *teacher, kd_sum, batches.weight, m);
+    if (popt.curriculum) m.extra.emplace_back("admitted", packer.admitted_fraction());
     m.forward = model.times().forward;
     m.backward = model.times().backward;
     m.core_attention = model.times().core_attention;
@@ -286,17 +321,22 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     }
     m.optimizer = now_seconds() - t_opt;
     ++step;
+    finished_position = packer.position();
     m.step = step;
     m.total_steps = cfg.schedule().total_steps();
     m.seconds = now_seconds() - t0;
-    m.tokens = batches.tokens;  // this rank's
+    m.tokens = static_cast<uint64_t>(batches.tokens);  // the global batch's
     m.capacity = tokens_step;
-    m.cut_tokens = batches.cut_tokens;
-    m.tokens_per_second = static_cast<double>(batches.tokens) / m.seconds;
-    const double flops_per_second = training_flops(dims, batches.tokens, batches.pairs) / m.seconds;
+    m.cut_tokens = static_cast<uint64_t>(batches.cut_tokens);
+    m.tokens_per_second = batches.tokens / m.seconds;
+    const double flops_per_second = training_flops(dims, static_cast<uint64_t>(batches.tokens),
+                                                   static_cast<uint64_t>(batches.pairs)) /
+                                    m.seconds / compute_ranks;
     const double peak_before = peak.gflops;
-    m.mfu = mfu_against(flops_per_second, &peak);
-    m.mfu_vs_sgemm_now = flops_per_second / (sgemm_now * 1e9);
+    if (writer) {
+      m.mfu = mfu_against(flops_per_second, &peak);
+      m.mfu_vs_sgemm_now = flops_per_second / (sgemm_now * 1e9);
+    }
     if (log && peak.gflops > peak_before) {
       log->note(fmt::format("step {} ran at {:.1f} GFLOP/s, above the calibrated peak: MFU denominator raised to it",
                             step, peak.gflops));
