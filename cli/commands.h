@@ -13,6 +13,6 @@ void register_plan_commands(CLI::App& app);    // cmd_plan.cc: plan
 void register_calibrate_command(CLI::App& app);  // cmd_calibrate.cc: calibrate
 void register_merge_commands(CLI::App& app);   // cmd_merge.cc: merge
 void register_distill_commands(CLI::App& app); // cmd_distill.cc: distill prepare
-void register_po_commands(CLI::App& app);      // cmd_po.cc: po prepare-ref
+void register_po_commands(CLI::App& app);      // cmd_po.cc: po prepare-ref | eval
 
 }  // namespace cadtrain::cli

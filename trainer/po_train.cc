@@ -2,8 +2,10 @@
 #include "trainer/po_train.h"
 
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cmath>
 #include <optional>
 #include <span>
@@ -13,12 +15,15 @@
 #include "common/error.h"
 #include "common/rng.h"
 #include "configs/config.h"
+#include "kernels/sgemm_peak.h"
 #include "trainer/batch.h"
+#include "trainer/machine_peak.h"
 #include "trainer/optimizer.h"
 #include "trainer/resume.h"
 #include "trainer/run_lock.h"
 #include "trainer/run_log.h"
 #include "trainer/session.h"
+#include "trainer/stop_signal.h"
 
 namespace cadtrain::trainer {
 namespace {
@@ -190,6 +195,7 @@ TrainResult train_preference(const config::RunConfig& cfg, const std::string& pr
   if (!resume_from.empty()) resumed = find_resume_point(resume_from, false);
   RunStart start;
   if (writer) start = plan_run_start(ckpt_dir, resumed ? resumed->path : "", resumed ? &resumed->state : nullptr);
+  const StopSignals stop_signals;
   if (writer) config::write_effective_config(cfg, provenance, run_dir + "/config.pbtxt");
 
   const data::PrefsStore store = data::PrefsStore::open(pc.prefs_path());
@@ -247,6 +253,9 @@ TrainResult train_preference(const config::RunConfig& cfg, const std::string& pr
     }
   }
 
+  const double sgemm_now = kernels::measure_sgemm_gflops();
+  PeakCalibration peak =
+      calibrate_peak(default_peak_cache_path(), this_machine_key(omp_get_max_threads()), sgemm_now, false);
   const std::string metrics_path = run_dir + "/" + cfg.logging().metrics_file();
   std::optional<RunLog> log;
   if (writer) log.emplace(metrics_path, start.kind == StartKind::kContinue, cfg.logging().log_every());
@@ -272,7 +281,9 @@ TrainResult train_preference(const config::RunConfig& cfg, const std::string& pr
   }
 
   TrainResult result;
+  uint64_t last_saved = step;
   const auto save = [&](uint64_t at) {
+    last_saved = at;
     if (!writer) return;
     TrainingState state;
     state.step = at;
@@ -288,6 +299,12 @@ TrainResult train_preference(const config::RunConfig& cfg, const std::string& pr
     fail("loss.preference.examples_per_step {} < {} data-parallel ranks", pc.examples_per_step(), ranks);
   }
   while (step < cfg.schedule().total_steps()) {
+    // A first SIGINT/SIGTERM stops between steps with the finished steps checkpointed.
+    if (const int signal = StopSignals::received(); signal != 0) {
+      if (step > last_saved) save(step);
+      fail("stopped by {} after step {} of {}; continue with: cadtrain train --resume {}",
+           signal == SIGINT ? "SIGINT" : "SIGTERM", step, cfg.schedule().total_steps(), run_dir);
+    }
     const double t0 = now_seconds();
     // The step's global examples; this rank takes every ranks-th.
     std::vector<uint64_t> mine;
@@ -301,10 +318,11 @@ TrainResult train_preference(const config::RunConfig& cfg, const std::string& pr
     const float grad_scale = 1.0f / static_cast<float>(pc.examples_per_step());
     const uint64_t synth_seed = cfg.seed() * 0x9E3779B97F4A7C15ULL + step;
     PoSums sums;
-    uint64_t tokens = 0;
+    uint64_t tokens = 0, pairs = 0;
     for (size_t g = 0; g < groups.size(); ++g) {
       PoMicroBatch b = make_po_micro_batch(store, groups[g], pc.rejected_per_example(), synth, synth_seed);
       tokens += b.mb.tokens.size();
+      pairs += causal_pairs(b.mb.cu_seqlens);
       sums.add(po_micro_batch_step(model, reference, b, objective, grad_scale,
                                    g + 1 == groups.size() ? grad_sync.get() : nullptr));
     }
@@ -337,8 +355,14 @@ TrainResult train_preference(const config::RunConfig& cfg, const std::string& pr
     m.total_steps = cfg.schedule().total_steps();
     m.seconds = now_seconds() - t0;
     m.tokens = tokens;
-    m.capacity = tokens;
+    m.capacity = groups.size() * static_cast<uint64_t>(max_rows);
     m.tokens_per_second = static_cast<double>(tokens) / m.seconds;
+    // Model FLOPs: the policy's forward + backward and the reference's forward. The step's second
+    // policy forward (the price of weighting the backward by dL/dlogp) is overhead, not counted.
+    const double train_flops = training_flops(dims, tokens, pairs);
+    const double flops = train_flops + (reference != nullptr ? train_flops / 3.0 : 0.0);
+    m.mfu = mfu_against(flops / m.seconds, &peak);
+    m.mfu_vs_sgemm_now = flops / m.seconds / (sgemm_now * 1e9);
     if (log) log->step(m);
     if (result.steps == 0 && step == (resumed ? resumed->state.step + 1 : 1)) result.first_loss = m.loss;
     result.last_loss = m.loss;
