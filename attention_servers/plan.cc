@@ -2,7 +2,6 @@
 #include "attention_servers/plan.h"
 
 #include <algorithm>
-#include <map>
 
 #include "common/error.h"
 
@@ -31,8 +30,21 @@ void add_dispatch(ServerPlan* sp, Dispatch::Kind kind, uint32_t src, int64_t src
 }  // namespace
 
 AttentionPlan build_plan(const Schedule& s, const RowBytes& bytes, int64_t shard_tokens) {
-  const TaskSet& set = s.set;
   AttentionPlan plan;
+  fill_plan(s, bytes, shard_tokens, &plan);
+  return plan;
+}
+
+AttentionPlan* build_plan(const Schedule& s, const RowBytes& bytes, int64_t shard_tokens, google::protobuf::Arena* arena) {
+  AttentionPlan* plan = google::protobuf::Arena::CreateMessage<AttentionPlan>(arena);
+  fill_plan(s, bytes, shard_tokens, plan);
+  return plan;
+}
+
+void fill_plan(const Schedule& s, const RowBytes& bytes, int64_t shard_tokens, AttentionPlan* out) {
+  const TaskSet& set = s.set;
+  AttentionPlan& plan = *out;
+  plan.Clear();
   plan.set_trainer_ranks(s.trainer_ranks);
   plan.set_servers(s.servers());
   plan.set_dedicated(s.dedicated);
@@ -50,6 +62,12 @@ AttentionPlan build_plan(const Schedule& s, const RowBytes& bytes, int64_t shard
 
   std::vector<std::vector<uint32_t>> by_server(s.servers());
   for (uint32_t t = 0; t < set.tasks.size(); ++t) by_server[s.server[t]].push_back(t);
+  plan.mutable_server_plans()->Reserve(static_cast<int>(s.servers()));
+  struct Prefix {
+    int32_t doc;
+    int64_t row0, end;  // buffer row of the document's first position; end position of the prefix
+  };
+  std::vector<Prefix> kv;  // per server, by document
   int64_t fwd = 0, charged = 0, nodedup = 0, bwd_keep = 0, bwd_resend = 0;
   uint64_t total_pairs = 0;
   for (uint32_t sv = 0; sv < s.servers(); ++sv) {
@@ -62,22 +80,31 @@ AttentionPlan build_plan(const Schedule& s, const RowBytes& bytes, int64_t shard
       const Task &x = set.tasks[a], &y = set.tasks[b];
       return x.doc != y.doc ? x.doc < y.doc : x.pos0 < y.pos0;
     });
-    // KV buffer: one prefix per document present.
-    std::map<int32_t, std::pair<int64_t, int64_t>> kv;  // doc -> (buffer row of its first position, end position)
+    // KV buffer: one prefix per document present (the list is in document order).
+    kv.clear();
+    size_t kv_pieces = 0;
     for (uint32_t t : list) {
-      auto& e = kv[set.tasks[t].doc];
-      e.second = std::max(e.second, set.tasks[t].end_pos());
+      const Task& task = set.tasks[t];
+      if (kv.empty() || kv.back().doc != task.doc) {
+        kv.push_back({task.doc, 0, task.end_pos()});
+        kv_pieces += set.docs[static_cast<size_t>(task.doc)].pieces.size();
+      }
+      kv.back().end = std::max(kv.back().end, task.end_pos());
     }
     int64_t kv_rows = 0, kv_remote = 0, kv_all = 0;
-    for (auto& [doc, e] : kv) {
-      e.first = kv_rows;
-      kv_rows += e.second - set.docs[static_cast<size_t>(doc)].pos0;
+    for (Prefix& e : kv) {
+      e.row0 = kv_rows;
+      kv_rows += e.end - set.docs[static_cast<size_t>(e.doc)].pos0;
     }
+    sp->mutable_tasks()->Reserve(static_cast<int>(list.size()));
+    sp->mutable_inputs()->Reserve(static_cast<int>(list.size() + kv_pieces));
     int64_t q_rows = 0, q_remote = 0;
+    size_t at = 0;  // kv entry of the current task's document
     for (uint32_t t : list) {
       const Task& task = set.tasks[t];
       const Document& doc = set.docs[static_cast<size_t>(task.doc)];
-      const kernels::AttentionTask k = kernel_task(set, task, q_rows, kv.at(task.doc).first);
+      while (kv[at].doc != task.doc) ++at;
+      const kernels::AttentionTask k = kernel_task(set, task, q_rows, kv[at].row0);
       ServerTask* st = sp->add_tasks();
       st->set_q0(k.q0);
       st->set_q1(k.q1);
@@ -96,12 +123,12 @@ AttentionPlan build_plan(const Schedule& s, const RowBytes& bytes, int64_t shard
       nodedup += rows_not_on(doc, rank, doc.pos0, task.end_pos()) * bytes.kv;
       q_rows += task.rows;
     }
-    for (const auto& [d, e] : kv) {
-      const Document& doc = set.docs[static_cast<size_t>(d)];
+    for (const Prefix& e : kv) {
+      const Document& doc = set.docs[static_cast<size_t>(e.doc)];
       for (const Piece& p : doc.pieces) {
-        if (p.pos0 >= e.second) break;  // pieces are in position order
-        const int64_t hi = std::min(e.second, p.pos0 + p.length);
-        add_dispatch(sp, Dispatch::KEY_VALUE, p.rank, p.row0, hi - p.pos0, e.first + (p.pos0 - doc.pos0));
+        if (p.pos0 >= e.end) break;  // pieces are in position order
+        const int64_t hi = std::min(e.end, p.pos0 + p.length);
+        add_dispatch(sp, Dispatch::KEY_VALUE, p.rank, p.row0, hi - p.pos0, e.row0 + (p.pos0 - doc.pos0));
         if (p.rank != rank) kv_remote += hi - p.pos0;
         kv_all += hi - p.pos0;
       }
@@ -129,7 +156,6 @@ AttentionPlan build_plan(const Schedule& s, const RowBytes& bytes, int64_t shard
   b->set_without_dedup(nodedup);
   b->set_backward_keep(bwd_keep);
   b->set_backward_resend(bwd_resend);
-  return plan;
 }
 
 AttentionPlan plan_step(const BatchLayout& layout, int64_t shard_tokens, const CostModel& cost,

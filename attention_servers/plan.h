@@ -2,6 +2,8 @@
 // rows to which server, each server's buffers and fused task list, and the bytes on the wire.
 #pragma once
 
+#include <google/protobuf/arena.h>
+
 #include "attention_servers/cost_model.h"
 #include "attention_servers/plan.pb.h"
 #include "attention_servers/scheduler.h"
@@ -13,6 +15,12 @@ namespace cadtrain::attention_servers {
 // per document (in document order), the prefix from the document's first position to the largest
 // end of its tasks there, once (so tasks of one document share it).
 AttentionPlan build_plan(const Schedule& schedule, const RowBytes& bytes, int64_t shard_tokens);
+// The same plan built on `arena` (owned by the arena): a plan holds a message per dispatch, tens of
+// thousands at 512 servers, and an arena makes creating and freeing them cheap.
+AttentionPlan* build_plan(const Schedule& schedule, const RowBytes& bytes, int64_t shard_tokens,
+                          google::protobuf::Arena* arena);
+// The same plan written into *plan (cleared first).
+void fill_plan(const Schedule& schedule, const RowBytes& bytes, int64_t shard_tokens, AttentionPlan* plan);
 
 // Everything at once: form tasks, schedule them, build the plan.
 AttentionPlan plan_step(const BatchLayout& layout, int64_t shard_tokens, const CostModel& cost,

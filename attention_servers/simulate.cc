@@ -182,7 +182,9 @@ class Simulator {
     o.tolerance = cad.tolerance();
     o.split_rows = cad.split_rows() != 0 ? cad.split_rows() : std::min<int64_t>(128, cad.shard_tokens());
     o.bytes = m_.row;
-    const AttentionPlan plan = plan_step(b, cad.shard_tokens(), cost_, o);
+    google::protobuf::Arena arena;  // the plan's many small messages, freed at once
+    const AttentionPlan& plan =
+        *build_plan(schedule_tasks(form_tasks(b, cad.shard_tokens()), cost_, o), o.bytes, cad.shard_tokens(), &arena);
     r.balanced = plan.balanced();
     const uint32_t world = trainers + (dedicated ? pool : 0);
     r.ranks.assign(world, RankFigures{});

@@ -56,6 +56,10 @@ int main(int argc, char** argv) {
   app.add_option("--tokens", tokens, "Tokens in the batch");
   app.add_option("--doclens", doclens, "JSON array of document lengths (default: the PRETRAIN preset, mean 4K)");
   app.add_option("--repeats", repeats, "Best of this many runs");
+  uint32_t only_servers = 0;
+  int64_t only_shard = 0;
+  app.add_option("--servers", only_servers, "Time only this many servers (with --shard; for profilers)");
+  app.add_option("--shard", only_shard, "Shard tokens of the --servers point (default tokens / servers / 4)");
   CLI11_PARSE(app, argc, argv);
 
   config::SynthConfig synth;
@@ -70,7 +74,7 @@ int main(int argc, char** argv) {
   fmt::print("batch: {} tokens, {} documents ({})\n\n", tokens, docs.size(), doclens.empty() ? "PRETRAIN preset" : doclens);
 
   auto run = [&](uint32_t servers, int64_t shard, bench::Table& table, std::vector<double>* xs, std::vector<double>* ys,
-                 bool by_tasks) {
+                 std::vector<double>* ys_sched, bool by_tasks) {
     const BatchLayout layout = pack_in_order(docs, servers, tokens / servers);
     SchedulerOptions o;
     o.servers = servers;
@@ -83,34 +87,48 @@ int main(int argc, char** argv) {
     const double t_sched = bench::best_seconds(repeats, [&] { sched = schedule_tasks(set, CostModel(), o); });
     AttentionPlan plan;
     const double t_plan = bench::best_seconds(repeats, [&] { plan = build_plan(sched, o.bytes, shard); });
+    const double t_arena = bench::best_seconds(repeats, [&] {
+      google::protobuf::Arena arena;
+      build_plan(sched, o.bytes, shard, &arena);
+    });
     const double step = gpu_step_s(docs, servers);
     table.add({std::to_string(servers), std::to_string(shard), std::to_string(set.tasks.size()),
                std::to_string(sched.moves), std::to_string(sched.splits), fmt::format("{:.3f}", sched.imbalance()),
                sched.balanced ? "yes" : (sched.reason.find("indivisible") != std::string::npos ? "no: indivisible piece" : "no"), fmt::format("{:.3f}", 1e3 * t_form), fmt::format("{:.3f}", 1e3 * t_sched),
                fmt::format("{:.1f}x", t_sched / t_form), fmt::format("{:.3f}", 1e3 * t_plan),
-               fmt::format("{:.1f}", 1e3 * step), fmt::format("{:.2f}%", 100 * (t_sched + t_plan) / step)});
+               fmt::format("{:.3f}", 1e3 * t_arena), fmt::format("{:.1f}", 1e3 * step),
+               fmt::format("{:.2f}%", 100 * (t_sched + t_arena) / step)});
     xs->push_back(by_tasks ? static_cast<double>(set.tasks.size()) : servers);
-    ys->push_back(t_sched + t_plan);
-    fmt::print(stderr, "servers {} shard {}: {:.3f} ms\n", servers, shard, 1e3 * (t_sched + t_plan));
+    ys->push_back(t_sched + t_arena);
+    ys_sched->push_back(t_sched);
+    fmt::print(stderr, "servers {} shard {}: {:.3f} ms\n", servers, shard, 1e3 * (t_sched + t_arena));
   };
   const std::vector<std::string> header = {"servers", "shard", "tasks", "moves", "splits", "imbalance", "balanced",
-                                           "form ms (ref)", "schedule ms", "vs form", "plan ms", "GPU step ms",
-                                           "sched+plan / step"};
+                                           "form ms (ref)", "schedule ms", "vs form", "plan ms", "plan ms (arena)",
+                                           "GPU step ms", "sched+plan(arena) / step"};
   bench::Table by_servers(header);
-  std::vector<double> xs, ys;
+  std::vector<double> xs, ys, ys_sched;
+  if (only_servers > 0) {
+    run(only_servers, only_shard > 0 ? only_shard : std::min<int64_t>(2048, std::max<int64_t>(128, tokens / only_servers / 4)),
+        by_servers, &xs, &ys, &ys_sched, false);
+    by_servers.print();
+    return 0;
+  }
   for (uint32_t s = 8; s <= 4096; s *= 2) {
     if (tokens / s < 1) break;
-    run(s, std::min<int64_t>(2048, std::max<int64_t>(128, tokens / s / 4)), by_servers, &xs, &ys, false);
+    run(s, std::min<int64_t>(2048, std::max<int64_t>(128, tokens / s / 4)), by_servers, &xs, &ys, &ys_sched, false);
   }
   fmt::print("## Scheduler time vs servers (shard = tokens per server / 4, in [128, 2048])\n\n");
   by_servers.print();
-  fmt::print("\ngrowth law: schedule + plan time ~ servers^{:.2f}\n\n", slope(xs, ys));
+  fmt::print("\ngrowth law: schedule time ~ servers^{:.2f}; schedule + plan (arena) ~ servers^{:.2f}\n\n",
+             slope(xs, ys_sched), slope(xs, ys));
 
   bench::Table by_tasks(header);
-  std::vector<double> xt, yt;
-  for (int64_t shard : {2048, 1024, 512, 256, 128}) run(512, shard, by_tasks, &xt, &yt, true);
+  std::vector<double> xt, yt, yt_sched;
+  for (int64_t shard : {2048, 1024, 512, 256, 128}) run(512, shard, by_tasks, &xt, &yt, &yt_sched, true);
   fmt::print("## Scheduler time vs tasks (512 servers)\n\n");
   by_tasks.print();
-  fmt::print("\ngrowth law: schedule + plan time ~ tasks^{:.2f}\n", slope(xt, yt));
+  fmt::print("\ngrowth law: schedule time ~ tasks^{:.2f}; schedule + plan (arena) ~ tasks^{:.2f}\n",
+             slope(xt, yt_sched), slope(xt, yt));
   return 0;
 }

@@ -1,9 +1,10 @@
-// `cadtrain data build | synth | inspect | prefs`: make and look at HDF5 datasets.
+// `cadtrain data build | synth | inspect | score | prefs`: make, look at and score HDF5 datasets.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,8 @@
 #include "data/prefs_import.h"
 #include "data/text_import.h"
 #include "data/tokenizer.h"
+#include "trainer/difficulty_score.h"
+#include "trainer/session.h"
 
 namespace cadtrain::cli {
 namespace {
@@ -55,6 +58,31 @@ void print_histogram(const data::Log2Histogram& h, uint64_t n_docs) {
     const std::string bar(static_cast<size_t>(40.0 * static_cast<double>(h.buckets[b]) / static_cast<double>(peak)), '#');
     fmt::print("  [{:>8}, {:>9}) {:>9} {:5.1f}% {}\n", uint64_t{1} << b, uint64_t{1} << (b + 1), h.buckets[b],
                100.0 * static_cast<double>(h.buckets[b]) / static_cast<double>(n_docs), bar);
+  }
+}
+
+// Ten equal-width bins from the smallest difficulty to the largest: the shape a curriculum's
+// pacing walks through (data.curriculum admits documents from the left).
+void print_difficulty_histogram(std::span<const float> difficulty) {
+  constexpr size_t kBins = 10;
+  const auto [lo_it, hi_it] = std::minmax_element(difficulty.begin(), difficulty.end());
+  const double lo = *lo_it;
+  const double width = (static_cast<double>(*hi_it) - lo) / kBins;
+  std::vector<uint64_t> bins(kBins, 0);
+  for (const float d : difficulty) {
+    const double at = width > 0 ? (d - lo) / width : 0.0;
+    ++bins[std::min(kBins - 1, static_cast<size_t>(at))];
+  }
+  fmt::print("difficulty histogram (documents per equal-width bin, easiest first)\n");
+  const uint64_t peak = std::max<uint64_t>(1, *std::max_element(bins.begin(), bins.end()));
+  uint64_t below = 0;
+  for (size_t b = 0; b < kBins; ++b) {
+    below += bins[b];
+    const std::string bar(static_cast<size_t>(40.0 * static_cast<double>(bins[b]) / static_cast<double>(peak)), '#');
+    fmt::print("  [{:>9.3f}, {:>9.3f}{} {:>9} {:5.1f}% (cumulative {:5.1f}%) {}\n", lo + width * static_cast<double>(b),
+               lo + width * static_cast<double>(b + 1), b + 1 == kBins ? "]" : ")", bins[b],
+               100.0 * static_cast<double>(bins[b]) / static_cast<double>(difficulty.size()),
+               100.0 * static_cast<double>(below) / static_cast<double>(difficulty.size()), bar);
   }
 }
 
@@ -99,6 +127,7 @@ void inspect(const std::string& path, uint64_t doc, uint64_t n_tokens, bool veri
     print_summary_row("difficulty", data::summarize({ds.difficulty().begin(), ds.difficulty().end()}), 3);
   }
   if (ds.num_docs() > 0) print_histogram(data::log2_histogram(lengths), ds.num_docs());
+  if (!ds.difficulty().empty()) print_difficulty_histogram(ds.difficulty());
   if (verify) verify_all(ds);
   if (doc >= ds.num_docs()) {
     if (ds.num_docs() > 0) fail("--doc {} is out of range: {} has {} documents", doc, path, ds.num_docs());
@@ -175,6 +204,60 @@ void add_inspect(CLI::App& data_cmd) {
   cmd->callback([opt] { inspect(opt->path, opt->doc, opt->tokens, opt->verify); });
 }
 
+struct ScoreOptions {
+  std::string path;
+  std::vector<std::string> checkpoints;
+  std::string metric = "loss";
+  std::string out;  // default: the dataset itself
+};
+
+void score(const ScoreOptions& o) {
+  if (o.metric == "loss" && o.checkpoints.size() != 1) {
+    fail("--metric loss scores with one reference checkpoint, got {} (--metric answers takes several)",
+         o.checkpoints.size());
+  }
+  const data::Dataset ds = data::Dataset::open(o.path);
+  if (o.metric == "answers" && !ds.has_answer_mask()) {
+    fail("{} has no /answer_mask: --metric answers needs marked answer tokens; use --metric loss", o.path);
+  }
+  std::vector<trainer::DocumentScores> per_model;
+  for (const std::string& checkpoint : o.checkpoints) {
+    const auto start = std::chrono::steady_clock::now();
+    trainer::LoadedModel m = trainer::load_model(checkpoint, 0);
+    if (ds.vocab_size() > m.cfg.model().vocab_size()) {
+      fail("{} has vocab_size {} > the vocab_size {} of {}", o.path, ds.vocab_size(), m.cfg.model().vocab_size(),
+           m.path);
+    }
+    per_model.push_back(trainer::score_documents(*m.session.model, ds, m.cfg.data().tokens_per_micro_batch()));
+    fmt::print("scored {} documents with {} (step {}) in {:.1f} s\n", ds.num_docs(), m.path, m.step,
+               seconds_since(start));
+  }
+  const std::vector<float> difficulty = o.metric == "loss" ? trainer::mean_loss_difficulty(per_model.front())
+                                                           : trainer::answer_difficulty(per_model);
+  const std::string out = o.out.empty() ? o.path : o.out;
+  data::write_difficulty(o.path, out, difficulty);
+  print_summary_row("difficulty", data::summarize({difficulty.begin(), difficulty.end()}), 3);
+  fmt::print("wrote /difficulty ({}) of {} documents to {}\n",
+             o.metric == "loss" ? "mean next-token loss" : "1 - share of the models that get every answer right",
+             difficulty.size(), out);
+}
+
+void add_score(CLI::App& data_cmd) {
+  CLI::App* cmd = data_cmd.add_subcommand(
+      "score", "Write per-document difficulty (/difficulty, for data.curriculum) from reference checkpoints");
+  auto opt = std::make_shared<ScoreOptions>();
+  cmd->add_option("dataset", opt->path, "Dataset (.h5) to score")->required();
+  cmd->add_option("-c,--checkpoint", opt->checkpoints, "Reference run directory or checkpoint (repeatable)")
+      ->required();
+  cmd->add_option("--metric", opt->metric,
+                  "loss: one model's mean next-token loss per document; answers: 1 - the share of the models "
+                  "that predict every answer token of the document")
+      ->check(CLI::IsMember({"loss", "answers"}));
+  cmd->add_option("-o,--out", opt->out, "Write a copy with the scores here (default: replace the dataset's own "
+                                        "/difficulty, atomically)");
+  cmd->callback([opt] { score(*opt); });
+}
+
 void add_prefs(CLI::App& data_cmd) {
   CLI::App* cmd = data_cmd.add_subcommand(
       "prefs", "Tokenize JSONL preference pairs ({prompt, chosen, rejected}) into a preference store");
@@ -207,6 +290,7 @@ void register_data_commands(CLI::App& app) {
   add_build(*data_cmd);
   add_synth(*data_cmd);
   add_inspect(*data_cmd);
+  add_score(*data_cmd);
   add_prefs(*data_cmd);
 }
 

@@ -206,6 +206,24 @@ void check_synth_rules(const SynthConfig& s, const std::string& prefix, std::vec
   }
 }
 
+// A curriculum must admit some data at step 0 and all of it within the run.
+void check_curriculum(const RunConfig& cfg, std::vector<Problem>& problems) {
+  const CurriculumConfig& c = cfg.data().curriculum();
+  if (c.pacing() == PACING_NONE) return;
+  if (!(c.start_fraction() > 0)) {
+    problems.push_back({"data.curriculum.start_fraction",
+                        fmt::format("data.curriculum.start_fraction = {} must be > 0: the first steps would have "
+                                    "no eligible document",
+                                    c.start_fraction())});
+  }
+  if (c.full_at_step() > cfg.schedule().total_steps()) {
+    problems.push_back({"data.curriculum.full_at_step",
+                        fmt::format("data.curriculum.full_at_step ({}) > schedule.total_steps ({}): the hardest "
+                                    "documents would never be admitted (0 means total_steps)",
+                                    c.full_at_step(), cfg.schedule().total_steps())});
+  }
+}
+
 }  // namespace
 
 std::vector<Problem> find_synth_problems(const SynthConfig& s, const std::string& prefix) {
@@ -222,6 +240,7 @@ std::vector<Problem> find_problems(const RunConfig& cfg) {
   check_parallel(cfg, problems);
   check_run(cfg, problems);
   check_synth_rules(cfg.data().synth(), "data.synth", problems);
+  check_curriculum(cfg, problems);
   return problems;
 }
 

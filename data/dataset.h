@@ -93,4 +93,10 @@ class DatasetWriter {
   std::unique_ptr<Impl> impl_;
 };
 
+// Writes difficulty (one finite value per document of dataset_path) as /difficulty of out_path,
+// which is a copy of dataset_path or dataset_path itself. The new file is built beside out_path as
+// "<out_path>.tmp" and renamed into place, so a failure never leaves a half-written dataset.
+void write_difficulty(const std::string& dataset_path, const std::string& out_path,
+                      std::span<const float> difficulty);
+
 }  // namespace cadtrain::data

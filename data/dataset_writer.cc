@@ -276,4 +276,46 @@ void DatasetWriter::finish() {
   });
 }
 
+void write_difficulty(const std::string& dataset_path, const std::string& out_path,
+                      std::span<const float> difficulty) {
+  const std::string tmp_path = out_path + ".tmp";
+  const auto work = [&] {
+    {
+      const Dataset source = Dataset::open(dataset_path);
+      if (difficulty.size() != source.num_docs()) {
+        fail("{} difficulties for {} documents", difficulty.size(), source.num_docs());
+      }
+    }
+    for (size_t d = 0; d < difficulty.size(); ++d) {
+      if (!std::isfinite(difficulty[d])) fail("document {}: difficulty {} is not finite", d, difficulty[d]);
+    }
+    // The source is never opened for writing: a failure at any point leaves it (and out_path)
+    // as they were, and only the .tmp copy, which is removed, saw the change.
+    std::error_code ec;
+    fs::copy_file(dataset_path, tmp_path, fs::copy_options::overwrite_existing, ec);
+    if (ec) fail("cannot copy to {}: {}", tmp_path, ec.message());
+    {
+      auto guard = h5::lock();
+      auto fapl = h5::file_access_list();
+      auto file = h5::own<h5::File>(H5Fopen(tmp_path.c_str(), H5F_ACC_RDWR, fapl.get()),
+                                    fmt::format("cannot open {} for writing", tmp_path));
+      if (h5::check(H5Lexists(file.get(), h5::kDifficulty, H5P_DEFAULT), "cannot look up /difficulty") > 0) {
+        h5::check(H5Ldelete(file.get(), h5::kDifficulty, H5P_DEFAULT), "cannot replace /difficulty");
+      }
+      write_column(file.get(), h5::kDifficulty, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, difficulty.data(),
+                   difficulty.size());
+      file.close(fmt::format("cannot close {}", tmp_path));
+    }
+    Dataset::open(tmp_path);  // the copy must read back as a valid dataset before it replaces anything
+    publish_file(tmp_path, out_path);
+  };
+  try {
+    with_context(fmt::format("{}: cannot write /difficulty to {}", dataset_path, out_path), work);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp_path, ec);
+    throw;
+  }
+}
+
 }  // namespace cadtrain::data

@@ -13,6 +13,7 @@
 
 #include "common/error.h"  // cadtrain::Error, fail(), with_context()
 #include "common/rng.h"    // cadtrain::Rng: the same permutation on every platform
+#include "data/curriculum.h"  // which documents a window may take
 #include "data/dataset.h"  // documents and token reads
 
 namespace cadtrain::data {
@@ -32,6 +33,20 @@ void validate_options(const PackerOptions& options) {
   if (options.rank >= options.world) {
     fail("rank {} must be < world {}", options.rank, options.world);
   }
+}
+
+// Which documents a window may take: every one, or the curriculum's easiest `count`.
+struct Eligible {
+  const Curriculum* curriculum = nullptr;
+  uint64_t count = 0;
+  bool operator()(uint64_t doc) const { return curriculum == nullptr || curriculum->admitted(doc, count); }
+};
+
+// The documents eligible in a window whose first micro-batch is global micro-batch `first`.
+Eligible eligible_at(const PackerOptions& options, uint64_t first) {
+  if (!options.curriculum) return {};
+  const Curriculum& c = *options.curriculum;
+  return {&c, c.admitted_count(c.step_of(first))};
 }
 
 void require_tokens(const Dataset& dataset) {
@@ -96,12 +111,15 @@ MicroBatch empty_batch(uint64_t tokens) {
 }
 
 // The windows of one epoch (see packing.h): the first window starts at order index 0; a window
-// takes documents until it holds window_tokens or the epoch ends.
+// takes eligible documents until it holds window_tokens or the epoch ends.
 uint64_t window_end(const Dataset& dataset, const std::vector<uint64_t>& order, uint64_t start,
-                    uint64_t window_tokens) {
+                    uint64_t window_tokens, const Eligible& eligible) {
   uint64_t tokens = 0;
   uint64_t end = start;
-  while (end < order.size() && tokens < window_tokens) tokens += dataset.doc_length(order[end++]);
+  while (end < order.size() && tokens < window_tokens) {
+    const uint64_t doc = order[end++];
+    if (eligible(doc)) tokens += dataset.doc_length(doc);
+  }
   return end;
 }
 
@@ -109,7 +127,8 @@ uint64_t window_end(const Dataset& dataset, const std::vector<uint64_t>& order, 
 // each into the open micro-batch whose free space it fills most tightly, else a new one. Emitted
 // in the order of each micro-batch's earliest (order index, offset); inside one, in that order.
 Packer::Plan pack_window(const Dataset& dataset, const PackerOptions& options,
-                  const std::vector<uint64_t>& order, uint64_t begin, uint64_t end) {
+                         const std::vector<uint64_t>& order, uint64_t begin, uint64_t end,
+                         const Eligible& eligible) {
   const uint64_t capacity = options.tokens_per_micro_batch;
   struct Item {
     Packer::Piece piece;
@@ -118,6 +137,7 @@ Packer::Plan pack_window(const Dataset& dataset, const PackerOptions& options,
   std::vector<Item> items;
   for (uint64_t i = begin; i < end; ++i) {
     const uint64_t doc = order[i];
+    if (!eligible(doc)) continue;
     const uint64_t length = dataset.doc_length(doc);
     if (length > capacity && !options.cut_long_documents) {
       fail("document {} has {} tokens, more than tokens_per_micro_batch {}, and this attention "
@@ -162,35 +182,46 @@ Packer::Plan pack_window(const Dataset& dataset, const PackerOptions& options,
 // of a window of the epoch's order, batch_in_window inside that window's plan, and at least as
 // many micro-batches emitted as the epochs before and the windows before need (an epoch needs at
 // least num_tokens / tokens_per_micro_batch), which catches most positions saved for another
-// dataset or another micro-batch size. Returns the window's end.
+// dataset or another micro-batch size. Under a curriculum the earlier windows of the epoch took
+// the documents eligible at their own starts, which the position does not record, so only the
+// window at doc_cursor is checked. Returns the window's end.
 uint64_t validate_position(const Dataset& dataset, const PackerOptions& options,
                            const std::vector<uint64_t>& order, const PackerPosition& position) {
   const uint64_t n_docs = dataset.num_docs();
   if (position.doc_cursor >= n_docs) {
     fail("doc_cursor {} is out of range ({} documents)", position.doc_cursor, n_docs);
   }
+  if (position.batch_in_window > position.micro_batches) {
+    fail("batch_in_window {} is more than the {} micro-batches emitted", position.batch_in_window,
+         position.micro_batches);
+  }
   const uint64_t window_tokens = options.tokens_per_micro_batch * options.window_micro_batches;
-  uint64_t start = 0;
-  uint64_t previous = 0;
+  const Eligible eligible = eligible_at(options, position.micro_batches - position.batch_in_window);
   uint64_t batches_before = 0;  // micro-batches of this epoch's windows before doc_cursor
-  while (start < position.doc_cursor) {
-    const uint64_t end = window_end(dataset, order, start, window_tokens);
-    batches_before += pack_window(dataset, options, order, start, end).size();
-    previous = start;
-    start = end;
+  if (!options.curriculum) {
+    uint64_t start = 0;
+    uint64_t previous = 0;
+    while (start < position.doc_cursor) {
+      const uint64_t end = window_end(dataset, order, start, window_tokens, eligible);
+      batches_before += pack_window(dataset, options, order, start, end, eligible).size();
+      previous = start;
+      start = end;
+    }
+    if (start != position.doc_cursor) {
+      fail("doc_cursor {} is not the start of a packing window (windows of at least {} tokens "
+           "start at {} and {})",
+           position.doc_cursor, window_tokens, previous, start);
+    }
   }
-  if (start != position.doc_cursor) {
-    fail("doc_cursor {} is not the start of a packing window (windows of at least {} tokens "
-         "start at {} and {})",
-         position.doc_cursor, window_tokens, previous, start);
-  }
-  const uint64_t end = window_end(dataset, order, start, window_tokens);
-  const uint64_t in_window = pack_window(dataset, options, order, start, end).size();
+  const uint64_t start = position.doc_cursor;
+  const uint64_t end = window_end(dataset, order, start, window_tokens, eligible);
+  const uint64_t in_window = pack_window(dataset, options, order, start, end, eligible).size();
   if (position.batch_in_window >= in_window) {
     fail("batch_in_window {} is out of range: the window at doc_cursor {} packs into {} "
          "micro-batches",
          position.batch_in_window, position.doc_cursor, in_window);
   }
+  if (options.curriculum) return end;  // an epoch of eligible documents has no minimum length
   const uint64_t per_epoch = (dataset.num_tokens() + options.tokens_per_micro_batch - 1) /
                              options.tokens_per_micro_batch;
   const uint128_t needed = static_cast<uint128_t>(position.epoch) * per_epoch + batches_before +
@@ -209,7 +240,13 @@ uint64_t validate_position(const Dataset& dataset, const PackerOptions& options,
 
 Packer::Packer(const Dataset& dataset, const PackerOptions& options)
     : dataset_(dataset), options_(options) {
-  with_context(fmt::format("{}: packer", dataset_.path()), [&] { validate_options(options_); });
+  with_context(fmt::format("{}: packer", dataset_.path()), [&] {
+    validate_options(options_);
+    if (options_.curriculum && options_.curriculum->num_docs() != dataset_.num_docs()) {
+      fail("the curriculum ranks {} documents but the dataset has {}", options_.curriculum->num_docs(),
+           dataset_.num_docs());
+    }
+  });
   epoch_order(dataset_.num_docs(), options_, pos_.epoch, &order_);
 }
 
@@ -219,15 +256,22 @@ MicroBatch Packer::next() {
   const PackerPosition saved = pos_;
   const Plan saved_plan = plan_;
   const uint64_t saved_end = window_end_;
+  const uint64_t saved_admitted = window_admitted_;
+  const double saved_fraction = admitted_fraction_;
   try {
-    if (plan_.empty()) {
-      with_context(fmt::format("{}: packer", dataset_.path()), [&] { plan_window(); });
-    }
-    while (pos_.micro_batches % options_.world != options_.rank) advance();
+    with_context(fmt::format("{}: packer", dataset_.path()), [&] {
+      if (plan_.empty()) {
+        plan_window();
+        settle();
+      }
+      while (pos_.micro_batches % options_.world != options_.rank) advance();
+    });
     MicroBatch batch = empty_batch(options_.tokens_per_micro_batch);
     for (const Piece& piece : plan_[pos_.batch_in_window]) {
       append_piece(dataset_, piece.doc, piece.offset, piece.length, &batch);
     }
+    admitted_fraction_ = static_cast<double>(window_admitted_) /
+                         static_cast<double>(std::max<uint64_t>(1, dataset_.num_docs()));
     advance();
     // Skipping the rest of the round now makes every rank report the same position after the
     // same number of steps, so any rank's saved position resumes all of them.
@@ -238,6 +282,8 @@ MicroBatch Packer::next() {
     pos_ = saved;
     plan_ = saved_plan;
     window_end_ = saved_end;
+    window_admitted_ = saved_admitted;
+    admitted_fraction_ = saved_fraction;
     throw;
   }
 }
@@ -260,11 +306,22 @@ void Packer::restore(const PackerPosition& position) {
 void Packer::advance() {
   ++pos_.micro_batches;
   ++pos_.batch_in_window;
-  // A window at the end of an epoch may hold only empty documents: plan until one has a batch.
+  settle();
+}
+
+// A window at the end of an epoch may hold only empty (or, under a curriculum, no eligible)
+// documents: plan until one has a batch. The eligible pool cannot change while no micro-batch is
+// emitted, so a second epoch wrap without a batch means the pool has no token at all.
+void Packer::settle() {
+  int wraps = 0;
   while (pos_.batch_in_window >= plan_.size()) {
     pos_.batch_in_window = 0;
     pos_.doc_cursor = window_end_;
     if (pos_.doc_cursor == dataset_.num_docs()) {
+      if (++wraps > 1) {
+        fail("the {} documents eligible at micro-batch {} hold no token", window_admitted_,
+             pos_.micro_batches);
+      }
       pos_.doc_cursor = 0;
       ++pos_.epoch;
       epoch_order(dataset_.num_docs(), options_, pos_.epoch, &order_);
@@ -275,8 +332,10 @@ void Packer::advance() {
 
 void Packer::plan_window() {
   const uint64_t window_tokens = options_.tokens_per_micro_batch * options_.window_micro_batches;
-  window_end_ = window_end(dataset_, order_, pos_.doc_cursor, window_tokens);
-  plan_ = pack_window(dataset_, options_, order_, pos_.doc_cursor, window_end_);
+  const Eligible eligible = eligible_at(options_, pos_.micro_batches - pos_.batch_in_window);
+  window_admitted_ = eligible.curriculum ? eligible.count : dataset_.num_docs();
+  window_end_ = window_end(dataset_, order_, pos_.doc_cursor, window_tokens, eligible);
+  plan_ = pack_window(dataset_, options_, order_, pos_.doc_cursor, window_end_, eligible);
 }
 
 }  // namespace cadtrain::data

@@ -22,13 +22,22 @@
 //
 // Data parallel: rank r of W takes micro-batches r, r+W, r+2W, ... of the one global stream, so
 // the union over ranks is exactly the single-process stream.
+//
+// Curriculum (data/curriculum.h): with one, a window takes only the documents eligible at the step
+// its first micro-batch belongs to (the global micro-batch counter at the window's start, over
+// micro-batches per step), skipping the others in the epoch's order; an epoch is one pass over the
+// order, so each document eligible when its turn comes is seen once per pass, in shuffled order.
+// The window's plan is a function of (seed, epoch, doc_cursor, micro-batch counter), all in the
+// saved position, so a resumed stream is the same stream.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace cadtrain::data {
 
+class Curriculum;
 class Dataset;
 
 struct MicroBatch {
@@ -58,6 +67,7 @@ struct PackerOptions {
   uint32_t world = 1;       // data-parallel ranks
   bool cut_long_documents = true;     // LOCAL attention; false: a longer document is an error
   uint32_t window_micro_batches = 16; // best-fit lookahead; part of the stream's definition
+  std::shared_ptr<const Curriculum> curriculum;  // null: every document is eligible
 };
 
 class Packer {
@@ -71,6 +81,9 @@ class Packer {
   PackerPosition position() const;
   // Continues from a saved position; throws naming the field if it does not fit the dataset.
   void restore(const PackerPosition& position);
+  // The share of the documents eligible in the window of the micro-batch next() last returned
+  // (1 without a curriculum).
+  double admitted_fraction() const { return admitted_fraction_; }
 
   // A stretch of one document: tokens [offset, offset + length).
   struct Piece {
@@ -82,6 +95,7 @@ class Packer {
 
  private:
   void advance();  // past the emitted micro-batch, planning the next window when this one is done
+  void settle();   // from a finished (or empty) window's end to the next window with a micro-batch
   void plan_window();
   const Dataset& dataset_;
   PackerOptions options_;
@@ -89,6 +103,8 @@ class Packer {
   std::vector<uint64_t> order_;  // permutation of the current epoch
   Plan plan_;                    // the micro-batches of the window at pos_.doc_cursor
   uint64_t window_end_ = 0;      // the order index after that window's last document
+  uint64_t window_admitted_ = 0; // documents eligible in that window (curriculum only)
+  double admitted_fraction_ = 1.0;
 };
 
 }  // namespace cadtrain::data

@@ -170,8 +170,11 @@ AttentionPlan check_plan(const BatchLayout& b, int64_t shard, const SchedulerOpt
   if (!plan.balanced()) {
     EXPECT_FALSE(plan.reason().empty());
   }
-  // Deterministic: the same input gives the same bytes.
+  // Deterministic: the same input gives the same bytes, on the heap or on an arena.
   EXPECT_EQ(plan_step(b, shard, CostModel(), o).SerializeAsString(), plan.SerializeAsString());
+  google::protobuf::Arena arena;
+  EXPECT_EQ(build_plan(schedule_tasks(form_tasks(b, shard), CostModel(), o), o.bytes, shard, &arena)->SerializeAsString(),
+            plan.SerializeAsString());
   return plan;
 }
 

@@ -150,6 +150,30 @@ TEST(Config, ScheduleAndSynthRules) {
   EXPECT_NE(parse_error("name: \"a/b\"").find("must be non-empty and contain no '/'"), std::string::npos);
 }
 
+TEST(Config, CurriculumRules) {
+  EXPECT_NE(parse_error("data { curriculum { pacing: PACING_LINEAR start_fraction: 0 } }")
+                .find("data.curriculum.start_fraction = 0 must be > 0"),
+            std::string::npos);
+  EXPECT_NE(parse_error("data { curriculum { pacing: PACING_ROOT start_fraction: 1.5 } }")
+                .find("data.curriculum.start_fraction = 1.5 is above its maximum 1"),
+            std::string::npos);
+  EXPECT_NE(parse_error("schedule { total_steps: 100 } data { curriculum { pacing: PACING_STEP full_at_step: 101 } }")
+                .find("data.curriculum.full_at_step (101) > schedule.total_steps (100)"),
+            std::string::npos);
+  EXPECT_NE(parse_error("data { curriculum { pacing: PACING_STEP step_count: 0 } }")
+                .find("data.curriculum.step_count = 0 is below its minimum 1"),
+            std::string::npos);
+  EXPECT_NE(parse_error("data { curriculum { pacing: PACING_ROOT root_degree: 0.5 } }")
+                .find("data.curriculum.root_degree = 0.5 is below its minimum 1"),
+            std::string::npos);
+  EXPECT_NE(parse_error("data { curriculum { pacing: PACING_SQRT } }").find("PACING_SQRT"), std::string::npos);
+  // Off, the other fields are not used and so not held to the rules.
+  EXPECT_EQ(parse_error("data { curriculum { start_fraction: 0 full_at_step: 1000 } }"), "");
+  EXPECT_EQ(parse_error("schedule { total_steps: 100 } data { curriculum { pacing: PACING_LINEAR "
+                        "start_fraction: 0.05 full_at_step: 100 } }"),
+            "");
+}
+
 TEST(Config, EveryProblemIsReported) {
   const std::string err = parse_error("model { n_layers: 0 n_heads: 3 n_kv_heads: 2 }\nschedule { warmup_steps: 1000 }");
   EXPECT_NE(err.find("model.n_layers"), std::string::npos) << err;

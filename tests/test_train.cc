@@ -91,6 +91,29 @@ TEST_F(TrainTest, ResumeIsBitExact) {
   EXPECT_EQ(a.eval.loss, b.eval.loss);
 }
 
+TEST_F(TrainTest, CurriculumRunReportsItsPoolAndResumesBitExact) {
+  // Linear pacing from 20% of the documents to all at step 6 of 8; resumed from step 4.
+  const std::vector<std::string> curriculum = {
+      "schedule.total_steps=8", "checkpoint.every_steps=4",
+      "data.curriculum={ pacing: PACING_LINEAR start_fraction: 0.2 full_at_step: 6 }"};
+  trainer::train(small_config("straight", curriculum), "test", "");
+  trainer::train(small_config("resumed", curriculum), "test",
+                 (dir_ / "straight" / "checkpoints" / "step_00000004.h5").string());
+  const auto la = step_lines(dir_ / "straight" / "metrics.jsonl");
+  const auto lb = step_lines(dir_ / "resumed" / "metrics.jsonl");
+  ASSERT_EQ(la.size(), 8u);
+  ASSERT_EQ(lb.size(), 4u);
+  EXPECT_DOUBLE_EQ(la.front()["admitted"].get<double>(), 24.0 / 120.0);  // ceil(0.2 * 120) documents
+  for (size_t i = 1; i < la.size(); ++i) {
+    EXPECT_GE(la[i]["admitted"].get<double>(), la[i - 1]["admitted"].get<double>()) << "step " << i + 1;
+  }
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(lb[i]["loss"].get<double>(), la[4 + i]["loss"].get<double>()) << "step " << la[4 + i]["step"];
+    EXPECT_EQ(lb[i]["admitted"].get<double>(), la[4 + i]["admitted"].get<double>());
+    EXPECT_EQ(lb[i]["tokens"].get<double>(), la[4 + i]["tokens"].get<double>());
+  }
+}
+
 TEST_F(TrainTest, CheckpointIntoAnotherShapeNamesTensorAndShapes) {
   trainer::train(small_config("run", {"schedule.total_steps=2", "schedule.warmup_steps=1"}), "test", "");
   try {

@@ -15,6 +15,7 @@
 #include "common/clock.h"
 #include "common/error.h"
 #include "configs/config.h"
+#include "data/curriculum.h"
 #include "data/dataset.h"
 #include "data/default_corpus.h"
 #include "data/packing.h"
@@ -176,6 +177,9 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   popt.world = group.data_ranks();
   // Only LOCAL attention needs a document longer than a micro-batch cut (see data/packing.h).
   popt.cut_long_documents = cfg.attention().strategy() == config::LOCAL;
+  // Steps count global micro-batches: every rank derives the same eligible pool from the same counter.
+  popt.curriculum = data::make_curriculum(cfg.data().curriculum(), train_ds, cfg.schedule().total_steps(),
+                                          uint64_t{group.data_ranks()} * cfg.data().grad_accumulation());
   data::Packer packer(train_ds, popt);
 
   uint64_t step = 0;
@@ -243,6 +247,7 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
              {"sgemm now (measured)", fmt::format("{:.1f} GFLOP/s (metrics.jsonl: mfu_vs_sgemm_now)", sgemm_now)},
              {"steps", fmt::format("{} -> {}", step, cfg.schedule().total_steps())},
              {"distillation", teacher ? distill_summary(cfg.loss().distill(), *teacher) : std::string("off")}});
+  if (log && popt.curriculum) log->note(data::curriculum_summary(cfg.data().curriculum(), *popt.curriculum));
   if (log && !peak.note.empty()) log->note("note: " + peak.note);
   if (const std::string w = startup_load_warning(sgemm_now, peak.gflops); log && !w.empty()) log->note("warning: " + w);
 
@@ -310,6 +315,7 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     kd_sum = sums[1];
     m.loss = batches.weight > 0 ? loss_sum / batches.weight : 0;
     if (teacher) add_distill_metrics(cfg.loss().distill(), *teacher, kd_sum, batches.weight, m);
+    if (popt.curriculum) m.extra.emplace_back("admitted", packer.admitted_fraction());
     m.forward = model.times().forward;
     m.backward = model.times().backward;
     m.core_attention = model.times().core_attention;
