@@ -3,13 +3,16 @@
 // attention.cad.calibration entries a config can carry (attention.cad.calibrate_cost: true). The
 // reference in the same run: the rate of the largest task, which the table's cost model treats as
 // full speed. Shape flags default to one kv group of the Llama-8B shape (4 query heads, 1 kv head,
-// head_dim 128) so the CPU run stays short.
-//   build/bench/cad_calibrate [--q 128,512,2048] [--k 128,512,2048,8192]
+// head_dim 128) so the CPU run stays short. --out writes the table as a file a config carries:
+// its text is the value of attention.cad.calibration (see configs/cad_calibration_cpu.txt).
+//   build/bench/cad_calibrate [--q 128,512,2048] [--k 128,512,2048,8192] [--out table.txt]
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
+#include <fstream>
+#include <string>
 #include <vector>
 
 #include "bench/bench_util.h"
@@ -23,12 +26,15 @@ int main(int argc, char** argv) {
   std::vector<int64_t> qs = {128, 512, 2048}, ks = {128, 512, 2048, 8192};
   int64_t hq = 4, hk = 1, dim = 128;
   int repeats = 3;
+  std::string out_path, machine = "this machine";
   app.add_option("--q", qs, "Query rows")->delimiter(',');
   app.add_option("--k", ks, "Key rows")->delimiter(',');
   app.add_option("--q-heads", hq);
   app.add_option("--kv-heads", hk);
   app.add_option("--head-dim", dim);
   app.add_option("--repeats", repeats);
+  app.add_option("--out", out_path, "Write the table as the value of attention.cad.calibration");
+  app.add_option("--machine", machine, "What ran it, for the file's header");
   CLI11_PARSE(app, argc, argv);
 
   const int64_t kmax = *std::max_element(ks.begin(), ks.end()), qmax = *std::max_element(qs.begin(), qs.end());
@@ -72,5 +78,27 @@ int main(int argc, char** argv) {
   table.print();
   fmt::print("\n# attention.cad entries ({} q heads, {} kv heads, head_dim {}):\n", hq, hk, dim);
   for (const auto& p : points) fmt::print("calibration {{ q: {} k: {} pairs_per_s: {:.4g} }}\n", p.q, p.k, p.rate);
+  if (!out_path.empty()) {
+    std::ofstream out(out_path);
+    out << fmt::format(
+        "# Core-attention kernel throughput (causal pairs/s, forward + backward, fp32 CPU kernels of\n"
+        "# kernels/attention_tasks.h) per task of q query rows and k key rows ending on the diagonal;\n"
+        "# {} q heads, {} kv heads, head_dim {}; best of {} runs; measured on {}.\n"
+        "# Written by bench/cad_calibrate --out.\n"
+        "# The whole file is the value of attention.cad.calibration:\n"
+        "#   --set attention.cad.calibrate_cost=true --set \"attention.cad.calibration=$(cat FILE)\"\n"
+        "# (or write each entry as `calibration {{ q: .. k: .. pairs_per_s: .. }}` inside attention {{ cad {{ }} }}).\n"
+        "[\n",
+        hq, hk, dim, repeats, machine);
+    for (size_t i = 0; i < points.size(); ++i) {
+      out << fmt::format("  {{ q: {} k: {} pairs_per_s: {:.4g} }}{}\n", points[i].q, points[i].k, points[i].rate,
+                         i + 1 < points.size() ? "," : "");
+    }
+    out << "]\n";
+    if (!out) {
+      fmt::print(stderr, "cad_calibrate: cannot write {}\n", out_path);
+      return 1;
+    }
+  }
   return 0;
 }

@@ -6,8 +6,10 @@
 
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <string>
 
+#include "attention_servers/from_config.h"
 #include "attention_servers/planner.h"
 #include "attention_servers/workload.h"
 #include "common/error.h"
@@ -128,3 +130,39 @@ TEST(Planner, StrategiesOnASkewedBatch) {
 }
 
 }  // namespace
+
+// The shipped CPU calibration table (bench/cad_calibrate --out) loads the way its header says a
+// user passes it (--set attention.cad.calibration="$(cat FILE)"), and calibrate_cost switches the
+// cost model from causal pairs to effective pairs = pairs * best rate / measured rate.
+TEST(Planner, ShippedCalibrationTableChangesTheCostModel) {
+  const std::string path = std::string(CADTRAIN_SOURCE_DIR) + "/configs/cad_calibration_cpu.txt";
+  std::ifstream in(path);
+  ASSERT_TRUE(in) << path;
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::string config = std::string(CADTRAIN_SOURCE_DIR) + "/configs/plan_llama8b_h200.pbtxt";
+  const config::RunConfig on =
+      config::load_run_config(config, {"attention.cad.calibration=" + text.str(), "attention.cad.calibrate_cost=true"});
+  const config::RunConfig off = config::load_run_config(config, {"attention.cad.calibration=" + text.str()});
+  const auto& table = on.attention().cad().calibration();
+  ASSERT_GE(table.size(), 4);
+  const CostModel calibrated = cost_model(on), pairs = cost_model(off);
+  ASSERT_TRUE(calibrated.calibrated());
+  EXPECT_FALSE(pairs.calibrated());
+  double best = 0, worst = 1e300;
+  for (const auto& p : table) {
+    best = std::max(best, p.pairs_per_s());
+    worst = std::min(worst, p.pairs_per_s());
+  }
+  EXPECT_DOUBLE_EQ(calibrated.best_rate(), best);
+  EXPECT_LT(worst, best) << "a flat table would not change the schedule";
+  for (const auto& p : table) {
+    const int64_t q = static_cast<int64_t>(p.q()), k = static_cast<int64_t>(p.k());
+    const kernels::AttentionTask task{0, q, 0, k, k - q, 0, true};  // q rows ending on the diagonal
+    const double n = static_cast<double>(kernels::task_pairs(task));
+    EXPECT_DOUBLE_EQ(pairs.cost(task), n);
+    EXPECT_NEAR(calibrated.rate(q, k), p.pairs_per_s(), 1e-9 * p.pairs_per_s()) << q << " " << k;
+    EXPECT_NEAR(calibrated.cost(task), n * best / p.pairs_per_s(), 1e-9 * n * best / p.pairs_per_s()) << q << " " << k;
+    EXPECT_GE(calibrated.cost(task), n * (1 - 1e-12));  // nothing runs above the best rate
+  }
+}

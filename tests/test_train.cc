@@ -176,6 +176,27 @@ TEST_F(TrainTest, UnsupportedSetupFailsBeforeAnyWork) {
   }
 }
 
+TEST_F(TrainTest, ContextParallelRejectsWhatItCannotRunNamingTheField) {
+  const auto expect_error = [&](const std::vector<std::string>& sets, const std::string& field, uint32_t world) {
+    try {
+      trainer::check_supported(small_config("cp", sets), world);
+      ADD_FAILURE() << "expected an error naming " << field;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
+    }
+  };
+  // small_config's second layer is a short convolution.
+  expect_error({"parallel.context_parallel=2", "attention.strategy=RING"}, "model.layer_kinds[1] is SHORT_CONV", 2);
+  expect_error({"parallel.context_parallel=2", "attention.strategy=TOKENRING", "model.layer_kinds=[ATTENTION, ATTENTION]",
+                "loss.distill.teacher_path=t.h5"},
+               "loss.distill.teacher_path", 2);
+  expect_error({"attention.strategy=CAD"}, "attention.strategy CAD", 1);
+  EXPECT_NO_THROW(trainer::check_supported(
+      small_config("cp", {"parallel.context_parallel=2", "parallel.data_parallel=2", "attention.strategy=RING",
+                          "model.layer_kinds=[ATTENTION, ATTENTION]"}),
+      4));
+}
+
 TEST_F(TrainTest, FinalEvalIsTheWholeFileAsEvalReportsIt) {
   // One definition of "eval loss": train's final evaluation and a later `cadtrain eval` of the
   // saved checkpoint score the same tokens and agree exactly.

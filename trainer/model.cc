@@ -119,7 +119,9 @@ LayerActs Model::Impl::make_acts() {
 }
 
 void Model::Impl::prepare(const Batch& batch) {
-  CADTRAIN_CHECK(batch.n > 0 && batch.n <= max_tokens, "micro-batch of {} tokens, model built for at most {}",
+  // n = 0 is a rank whose share of a context-parallel micro-batch is empty: it has no rows but
+  // still takes part in its strategy's communication and the gradient synchronisation.
+  CADTRAIN_CHECK(batch.n >= 0 && batch.n <= max_tokens, "micro-batch of {} tokens, model built for at most {}",
                  batch.n, max_tokens);
   // Parts of near-equal rows (nano-batches); a part may cut a sequence: its tasks then attend to
   // the earlier part's keys.

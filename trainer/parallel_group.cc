@@ -1,9 +1,13 @@
 // The TrainGroup of an MPI job (see parallel_group.h).
 #include "trainer/parallel_group.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "parallel/bucketed_all_reduce.h"
+#include "parallel/context_shard.h"
+#include "parallel/ring_attention.h"
+#include "parallel/token_ring.h"
 #include "parallel/topology.h"
 #include "trainer/parameters.h"
 
@@ -43,7 +47,10 @@ class BucketedGradientSync final : public GradientSync {
 class ParallelGroup final : public TrainGroup {
  public:
   ParallelGroup(parallel::Communicator& world, const config::RunConfig& cfg, size_t bucket_floats)
-      : topology_(world, parallel::ParallelDims::from_config(cfg, world.size())), bucket_floats_(bucket_floats) {
+      : topology_(world, parallel::ParallelDims::from_config(cfg, world.size())),
+        bucket_floats_(bucket_floats),
+        strategy_(cfg.attention().strategy()),
+        zigzag_(cfg.attention().ring().zigzag()) {
     if (!topology_.is_trainer()) {
       fail("{}: world rank {} is a dedicated attention server; this build has no server loop in `train` yet",
            world.watchdog().identity().describe(), world.rank());
@@ -67,9 +74,51 @@ class ParallelGroup final : public TrainGroup {
     return std::make_unique<BucketedGradientSync>(topology_.role_group(), params, bucket_floats_);
   }
 
+  uint32_t context_ranks() const override { return static_cast<uint32_t>(topology_.dims().context_parallel); }
+
+  // The rows parallel::shard_for_context_rank gives this rank (zigzag per attention.ring.zigzag),
+  // each sequence keeping its document id and true positions.
+  data::MicroBatch context_share(data::MicroBatch global) const override {
+    const int P = topology_.dims().context_parallel;
+    if (P == 1) return global;
+    const auto n_seqs = static_cast<int64_t>(global.cu_seqlens.size()) - 1;
+    std::vector<int32_t> first_pos(static_cast<size_t>(std::max<int64_t>(n_seqs, 0)), 0);
+    for (int64_t s = 0; s < n_seqs; ++s) {
+      const auto row = static_cast<size_t>(global.cu_seqlens[static_cast<size_t>(s)]);
+      if (row < global.positions.size()) first_pos[static_cast<size_t>(s)] = global.positions[row];
+    }
+    const kernels::SequenceLayout layout{global.cu_seqlens.data(), n_seqs, first_pos.data(),
+                                         global.doc_ids.size() == static_cast<size_t>(n_seqs) ? global.doc_ids.data()
+                                                                                               : nullptr};
+    const parallel::ContextShard shard = parallel::shard_for_context_rank(layout, P, topology_.coord().cp_index, zigzag_);
+    data::MicroBatch mine;
+    const bool answers = global.is_answer.size() == global.tokens.size();
+    for (const int64_t r : shard.rows) {
+      const auto i = static_cast<size_t>(r);
+      mine.tokens.push_back(global.tokens[i]);
+      mine.targets.push_back(global.targets[i]);
+      mine.loss_mask.push_back(global.loss_mask[i]);
+      mine.positions.push_back(global.positions[i]);
+      if (answers) mine.is_answer.push_back(global.is_answer[i]);
+    }
+    mine.cu_seqlens = shard.cu_seqlens;
+    mine.doc_ids = shard.doc_ids;
+    return mine;
+  }
+
+  std::unique_ptr<kernels::CoreAttention> make_core_attention() override {
+    switch (strategy_) {
+      case config::RING: return std::make_unique<parallel::RingAttention>(topology_.cp());
+      case config::TOKENRING: return std::make_unique<parallel::TokenRingAttention>(topology_.cp());
+      default: return nullptr;
+    }
+  }
+
  private:
   parallel::Topology topology_;
   size_t bucket_floats_;
+  config::AttentionStrategy strategy_;
+  bool zigzag_;
 };
 
 }  // namespace

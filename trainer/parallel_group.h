@@ -12,6 +12,12 @@
 // over `world`, validated against its size. Data-parallel rank = the topology's dp_index; the
 // writer is the trainer of world rank 0.
 //
+// Context parallelism (attention.strategy RING or TOKENRING): the ranks of one context-parallel
+// group pack the same micro-batches (P x data.tokens_per_micro_batch tokens); context_share()
+// gives each its rows (parallel/context_shard.h: zigzag per attention.ring.zigzag, documents
+// keeping their ids and true positions) and make_core_attention() the strategy over the group's
+// communicator (parallel/ring_attention.h, parallel/token_ring.h).
+//
 // Gradient synchronisation: a parallel::BucketedAllReduce over the trainer ranks, fed by
 // GradientSync::grads_ready, so each bucket is summed while the backward of the layers below
 // runs; every element is summed in rank order, so a run is the same bits on every rank and in

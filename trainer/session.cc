@@ -21,19 +21,39 @@ void check_device(const config::RunConfig& cfg) {
 
 void check_supported(const config::RunConfig& cfg, uint32_t world_size) {
   check_device(cfg);
-  if (cfg.attention().strategy() != config::LOCAL) {
-    fail("attention.strategy {}: only LOCAL attention is implemented so far",
-         config::AttentionStrategy_Name(cfg.attention().strategy()));
+  const config::AttentionStrategy strategy = cfg.attention().strategy();
+  if (strategy != config::LOCAL && strategy != config::RING && strategy != config::TOKENRING) {
+    fail("attention.strategy {}: `train` runs LOCAL, RING and TOKENRING attention so far",
+         config::AttentionStrategy_Name(strategy));
   }
   config::check_world_size(cfg, world_size);
+  const uint32_t cp = cfg.parallel().context_parallel();
+  if (cp > 1) {
+    // What context parallelism cannot run: it splits documents across ranks and only core
+    // attention (the strategy) exchanges rows between them.
+    for (int i = 0; i < cfg.model().layer_kinds_size(); ++i) {
+      if (cfg.model().layer_kinds(i) == config::SHORT_CONV) {
+        fail("model.layer_kinds[{}] is SHORT_CONV, which parallel.context_parallel = {} cannot run: a short "
+             "convolution reads the rows just before each row, which attention.strategy {} may place on another "
+             "rank; use ATTENTION layers only, or parallel.context_parallel: 1",
+             i, cp, config::AttentionStrategy_Name(strategy));
+      }
+    }
+    if (!cfg.loss().distill().teacher_path().empty()) {
+      fail("loss.distill.teacher_path is set, but distillation does not run under parallel.context_parallel = {} yet "
+           "(the teacher's top-K rows are not sharded); use parallel.context_parallel: 1",
+           cp);
+    }
+  }
 }
 
-ModelSession make_model_session(const config::RunConfig& cfg, int64_t max_tokens) {
+ModelSession make_model_session(const config::RunConfig& cfg, int64_t max_tokens,
+                                std::unique_ptr<kernels::CoreAttention> attention) {
   check_device(cfg);
   if (cfg.parallel().threads() > 0) omp_set_num_threads(static_cast<int>(cfg.parallel().threads()));
   ModelSession s;
   s.backend = kernels::make_cpu_backend();
-  s.attention = kernels::make_local_task_attention();
+  s.attention = attention ? std::move(attention) : kernels::make_local_task_attention();
   s.model = std::make_unique<Model>(cfg.model(), max_tokens, *s.backend, *s.attention);
   return s;
 }

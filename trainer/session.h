@@ -30,7 +30,10 @@ void check_supported(const config::RunConfig& cfg, uint32_t world_size = 1);
 // Builds the model for micro-batches of up to max_tokens in this process, with LOCAL attention
 // (what eval and sample use, whatever layout trained it); throws for an unsupported device. Sets
 // the OpenMP thread count from parallel.threads.
-ModelSession make_model_session(const config::RunConfig& cfg, int64_t max_tokens);
+// attention: the core attention to run instead (a distributed strategy, TrainGroup::
+// make_core_attention); nullptr for LOCAL.
+ModelSession make_model_session(const config::RunConfig& cfg, int64_t max_tokens,
+                                std::unique_ptr<kernels::CoreAttention> attention = nullptr);
 
 // The model's parameters (and the optimizer's moments when given) as named checkpoint tensors.
 CheckpointTensors checkpoint_tensors(Model& model, AdamW* optimizer);

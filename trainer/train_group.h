@@ -18,6 +18,9 @@
 #include <memory>
 #include <span>
 
+#include "configs/cadtrain.pb.h"
+#include "data/packing.h"
+#include "kernels/core_attention.h"
 #include "trainer/grad_sync.h"
 
 namespace cadtrain::kernels {
@@ -47,6 +50,16 @@ class TrainGroup {
   virtual void sum_over_batch(std::span<double> values) = 0;
   // The hook that synchronises gradients (grad_sync.h), built once the model's parameters exist.
   virtual std::unique_ptr<GradientSync> make_gradient_sync(ParameterSet& params, kernels::Backend& backend) = 0;
+
+  // Context parallelism. The context_ranks() ranks of one context-parallel group share every
+  // micro-batch: the loop packs micro-batches of context_ranks() x data.tokens_per_micro_batch
+  // tokens (the same on each of them), each rank trains on context_share() of its rows, and the
+  // model runs on make_core_attention(), which lets a rank's queries see the rows the others
+  // hold; summing the gradients over all ranks then gives the whole micro-batch's. The defaults
+  // (no context parallelism): 1, the whole micro-batch, nullptr = LOCAL attention in this process.
+  virtual uint32_t context_ranks() const { return 1; }
+  virtual data::MicroBatch context_share(data::MicroBatch global) const { return global; }
+  virtual std::unique_ptr<kernels::CoreAttention> make_core_attention() { return nullptr; }
 };
 
 // The group of one process: rank 0 of 1, writer, sums are the identity, LocalGradientSync.

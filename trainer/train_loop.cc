@@ -71,12 +71,16 @@ struct StepBatches {
 StepBatches next_step_batches(data::Packer& packer, uint32_t count, TrainGroup& group, bool stop_requested) {
   StepBatches s;
   double sums[5] = {0, 0, 0, 0, stop_requested ? 1.0 : 0.0};  // weight, pairs, tokens, cut, stop
+  // The ranks of a context-parallel group share each micro-batch: each counts 1/P of its pairs
+  // and cut tokens, and the targets and tokens of its own rows.
+  const double share = 1.0 / group.context_ranks();
   for (uint32_t i = 0; i < count; ++i) {
-    s.micro.push_back(packer.next());
+    data::MicroBatch global = packer.next();
+    sums[1] += share * static_cast<double>(causal_pairs(global.cu_seqlens));
+    sums[3] += share * static_cast<double>(global.cut_tokens);
+    s.micro.push_back(group.context_share(std::move(global)));
     for (const float w : s.micro.back().loss_mask) sums[0] += w;
-    sums[1] += static_cast<double>(causal_pairs(s.micro.back().cu_seqlens));
     sums[2] += static_cast<double>(s.micro.back().tokens.size());
-    sums[3] += static_cast<double>(s.micro.back().cut_tokens);
   }
   // One collective per step for all of them: the stop request rides with the normaliser, so the
   // ranks agree on the step to stop at.
@@ -152,12 +156,23 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   }
 
   const uint64_t tokens_mb = cfg.data().tokens_per_micro_batch();
-  ModelSession session = make_model_session(cfg, static_cast<int64_t>(tokens_mb));
+  const uint32_t cp = group.context_ranks();
+  // A rank's share of a context-parallel micro-batch can exceed tokens_mb (chunks round per
+  // document), so the model takes the whole shared micro-batch.
+  std::unique_ptr<kernels::CoreAttention> shared_attention = group.make_core_attention();
+  const bool attention_is_local = shared_attention == nullptr;
+  ModelSession session = make_model_session(cfg, static_cast<int64_t>(tokens_mb * cp), std::move(shared_attention));
   Model& model = *session.model;
+  // The writer evaluates alone, on batches of the shared micro-batch's size (as one process with
+  // P times the tokens would): with a distributed attention, on a LOCAL copy of the model (the
+  // weights are copied in before each evaluation).
+  const uint64_t eval_tokens = tokens_mb * cp;
+  std::optional<ModelSession> eval_session;
+  if (eval_ds && !attention_is_local) eval_session.emplace(make_model_session(cfg, static_cast<int64_t>(eval_tokens)));
   AdamW optimizer(cfg.optimizer(), model.params(), *session.backend);
   const std::unique_ptr<GradientSync> grad_sync = group.make_gradient_sync(model.params(), *session.backend);
   data::PackerOptions popt;
-  popt.tokens_per_micro_batch = tokens_mb;
+  popt.tokens_per_micro_batch = tokens_mb * cp;
   popt.shuffle = cfg.data().shuffle();
   popt.seed = cfg.seed();
   popt.rank = group.data_rank();
@@ -196,7 +211,7 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     peak = calibrate_peak(default_peak_cache_path(), this_machine_key(omp_get_max_threads()), sgemm_now, false);
   }
   // Ranks that compute the global batch together (MFU is per rank: global FLOPs over all of them).
-  const uint32_t compute_ranks = group.data_ranks();
+  const uint32_t compute_ranks = group.data_ranks() * cp;
   const std::string metrics_path = run_dir + "/" + cfg.logging().metrics_file();
   const bool continuing = start.kind == StartKind::kContinue;
   if (writer && continuing) {
@@ -207,16 +222,19 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
   std::optional<RunLog> log;  // the writer's only
   if (writer) log.emplace(metrics_path, continuing, cfg.logging().log_every());
   // The global batch: every data-parallel rank packs grad_accumulation micro-batches.
-  const uint64_t tokens_step = tokens_mb * cfg.data().grad_accumulation() * group.data_ranks();
+  const uint64_t tokens_step = tokens_mb * cp * cfg.data().grad_accumulation() * group.data_ranks();
   if (log) log->table({{"run directory", run_dir},
              {"model", fmt::format("{} layers, d_model {}, {} heads ({} kv), head_dim {}, ffn {}, vocab {}{}",
                                    dims.n_layers, dims.c, dims.q_heads, dims.kv_heads, dims.head_dim, dims.ffn,
                                    dims.vocab, dims.tied ? ", tied head" : "")},
              {"parameters", fmt::format("{} ({})", dims.param_count(), human(static_cast<double>(dims.param_count())))},
              {"tokens per step", fmt::format("up to {} ({} x {} micro-batches x {} data-parallel ranks)", tokens_step,
-                                             tokens_mb, cfg.data().grad_accumulation(), group.data_ranks())},
-             {"ranks", fmt::format("{} (data-parallel {}); this one writes logs and checkpoints",
-                                   group.world_size(), group.data_ranks())},
+                                             tokens_mb * cp, cfg.data().grad_accumulation(), group.data_ranks())},
+             {"ranks", fmt::format("{} (data-parallel {} x context-parallel {}, attention {}); this one writes logs "
+                                   "and checkpoints",
+                                   group.world_size(), group.data_ranks(), cp,
+                                   attention_is_local ? std::string("LOCAL")
+                                                      : config::AttentionStrategy_Name(cfg.attention().strategy()))},
              {"packing", fmt::format("whole documents, best fit, not padded (fill = tokens / {}); longer documents "
                                      "{}", tokens_step, popt.cut_long_documents ? "cut (counted as cut tokens)"
                                                                                 : "rejected")},
@@ -241,7 +259,12 @@ TrainResult train(const config::RunConfig& cfg, const std::string& provenance, c
     // The final evaluation scores the whole file (the figure `cadtrain eval` reports); the periodic
     // ones, eval_batches micro-batches.
     const bool last = at == cfg.schedule().total_steps();
-    result.eval = evaluate(model, *eval_ds, tokens_mb, last ? kWholeDataset : cfg.schedule().eval_batches());
+    Model* scored = &model;
+    if (eval_session) {
+      scored = eval_session->model.get();
+      session.backend->copy(scored->params().params(), model.params().params(), model.params().total());
+    }
+    result.eval = evaluate(*scored, *eval_ds, eval_tokens, last ? kWholeDataset : cfg.schedule().eval_batches());
     result.evaluated = true;
     if (log) log->eval(at, "eval", result.eval);
   };

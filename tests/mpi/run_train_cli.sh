@@ -21,7 +21,7 @@ echo "$out"
 [[ $rc -eq 0 ]] || fail "the 2-rank run exited $rc"
 [[ $(grep -c "^done: 3 steps" <<<"$out") -eq 1 ]] || fail "expected one result line (the writer's)"
 [[ $(grep -c "^| parameter  " <<<"$out") -eq 1 ]] || fail "expected one start-up table (the writer's)"
-grep -q "^| ranks *| 2 (data-parallel 2)" <<<"$out" || fail "the table does not show the 2 ranks"
+grep -q "^| ranks *| 2 (data-parallel 2 x context-parallel 1" <<<"$out" || fail "the table does not show the 2 ranks"
 [[ $(grep -vc '"eval"' "$dir/cli/metrics.jsonl") -eq 3 ]] || fail "metrics.jsonl does not hold 3 steps"
 
 out=$(timeout 60 "$mpiexec" --oversubscribe -np 2 "$cadtrain" train "${sets[@]}" --set name=bad \
